@@ -70,3 +70,7 @@ bench-e2e: setup
 
 clean:
 	rm -rf $(ASSETS) reports .pytest_cache .mypy_cache
+
+# The Helm chart ships a copy of the CRD (tests/deploy/test_helm_chart.py checks they match).
+sync-chart-crd:
+	cp deploy/crds/asrmodelrollouts.yaml deploy/helm/asr-rollout/crds/asrmodelrollouts.yaml

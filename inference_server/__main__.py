@@ -1,0 +1,87 @@
+"""`python -m inference_server` / `asr-inference-server`: run the server until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from inference_server.settings import ServerSettings, parse_args
+
+
+def configure_logging(level: str) -> None:
+    # Before funasr is imported: it configures the root logger on import otherwise.
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_library_chatter)
+    for noisy in ("funasr", "modelscope", "jieba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _quiet_library_chatter(record: logging.LogRecord) -> bool:
+    """FunASR logs every load step with `logging.info` on the root logger; keep its warnings only."""
+    return record.name != "root" or record.levelno >= logging.WARNING
+
+
+async def serve(settings: ServerSettings) -> int:
+    from aiohttp import web
+
+    from inference_server.app import ServerState, build_app
+    from inference_server.metrics import ServerMetrics, pod_labels_from_env
+    from inference_server.model_slot import ConfigWatcher, ModelSlot
+    from inference_server.scheduler import InferenceScheduler
+
+    log = logging.getLogger("inference_server")
+    metrics = ServerMetrics(pod_labels_from_env())
+    slot = ModelSlot(settings.model_config, settings.models_root, metrics)
+    state = ServerState(settings=settings, metrics=metrics, slot=slot,
+                        scheduler=InferenceScheduler(metrics, settings.max_queue, settings.request_timeout_s))
+    runner = web.AppRunner(build_app(state), handle_signals=False, shutdown_timeout=settings.drain_timeout_s,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    # Liveness answers while the first version loads; readiness waits for it.
+    for address in runner.addresses:
+        # Printed whatever the log level: with --port 0 this names the port the OS picked.
+        print(f"asr-inference-server listening on {address[0]}:{address[1]}", file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    # Imported here, once, so a version's load time is the load itself, not the import (seconds).
+    await asyncio.to_thread(__import__, "funasr")
+    watcher = ConfigWatcher(slot, settings.watch_interval_s)
+    watcher.prime()
+    outcome = await slot.reload()
+    if outcome.result != "success":
+        log.error("initial model load failed; not ready, watching %s for a fix", settings.model_config)
+    watcher.start()
+
+    await stop.wait()
+    log.info("SIGTERM: not ready any more, draining %d request(s)", state.inflight)
+    state.draining = True
+    await watcher.stop()
+    await site.stop()  # stop accepting connections
+    deadline = loop.time() + settings.drain_timeout_s
+    while state.inflight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await runner.cleanup()
+    await slot.close()
+    state.scheduler.close()
+    log.info("drained; exiting")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    configure_logging(settings.log_level)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""HTTP routes (aiohttp). Handlers parse and answer; decisions live in the modules they call."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inference_server import formats, pipeline
+from inference_server.audio import SAMPLE_RATE, decode_audio
+from inference_server.errors import APIError, bad_request, not_ready, too_large
+from inference_server.metrics import ServerMetrics
+from inference_server.model_loader import LoadedModel
+from inference_server.model_slot import ModelSlot
+from inference_server.scheduler import InferenceScheduler
+from inference_server.settings import ServerSettings
+
+log = logging.getLogger("inference_server.http")
+
+FIELD_LIMIT = 64 * 1024
+KNOWN_ENDPOINTS = {
+    "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", "/v1/audio/stream",
+    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload",
+}
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    slot: ModelSlot
+    scheduler: InferenceScheduler
+    draining: bool = False
+    inflight: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def lease(self) -> LoadedModel:
+        """The serving version, with a lease the caller must release."""
+        if self.draining:
+            raise APIError(503, "the server is shutting down", type="server_shutting_down",
+                           headers={"Retry-After": "1"})
+        model = self.slot.current
+        if model is None:
+            raise not_ready("no model version is ready yet; see /v1/models for the load state")
+        model.acquire()
+        return model
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def _endpoint(request: web.Request) -> str:
+    path = request.path
+    return path if path in KNOWN_ENDPOINTS else "other"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    state.inflight += 1
+    state.metrics.inflight.labels(**state.metrics.pod).set(state.inflight)
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except APIError as exc:
+            response = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+        except web.HTTPException as exc:  # aiohttp's own 404/405/413
+            err = APIError(exc.status, exc.reason or "error",
+                           type="invalid_request_error" if exc.status < 500 else "server_error")
+            response = web.json_response(err.body(), status=exc.status)
+        except Exception:
+            log.exception("unexpected error on %s", request.path)
+            err = APIError(500, "internal server error", type="server_error")
+            response = web.json_response(err.body(), status=500)
+        status = response.status
+        return response
+    finally:
+        state.inflight -= 1
+        state.metrics.inflight.labels(**state.metrics.pod).set(state.inflight)
+        served: LoadedModel | None = request.get("served_by")
+        current = state.slot.current
+        model = served.name if served else (current.name if current else "none")
+        version = served.version if served else (current.version if current else "none")
+        if _endpoint(request) not in ("/metrics", "/healthz", "/readyz"):
+            state.metrics.observe_request(_endpoint(request), status, model, version,
+                                          time.perf_counter() - started)
+
+
+@dataclass
+class Upload:
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+async def read_multipart(request: web.Request, max_bytes: int, max_files: int = 1) -> Upload:
+    """Read a multipart/form-data body, enforcing the size limit while streaming."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise APIError(415, f"content type {request.content_type or '(none)'} is not supported; "
+                       "send multipart/form-data with the audio in the 'file' field",
+                       code="unsupported_content_type")
+    if request.content_length is not None and request.content_length > max_bytes * max_files + FIELD_LIMIT:
+        raise too_large(f"the request body is {request.content_length} bytes; the limit is {max_bytes} per file")
+    upload = Upload()
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise bad_request("nested multipart bodies are not supported")
+            name = part.name or ""
+            if name == "file":
+                if len(upload.files) >= max_files:
+                    raise bad_request(f"at most {max_files} file(s) per request", "file")
+                data = bytearray()
+                while chunk := await part.read_chunk(64 * 1024):
+                    data.extend(chunk)
+                    if len(data) > max_bytes:
+                        raise too_large(f"the uploaded file is over the limit of {max_bytes} bytes")
+                upload.files.append((part.filename or f"file{len(upload.files)}", bytes(data)))
+            else:
+                raw = await part.read(decode=False)
+                if len(raw) > FIELD_LIMIT:
+                    raise bad_request(f"form field {name!r} is longer than {FIELD_LIMIT} bytes", name)
+                upload.fields[name] = raw.decode("utf-8", errors="replace")
+    except APIError:
+        raise
+    except Exception as exc:  # malformed multipart: boundaries, headers, truncated bodies
+        raise bad_request(f"the multipart body could not be parsed ({type(exc).__name__}: {exc})") from None
+    return upload
+
+
+def _require_file(upload: Upload) -> tuple[str, bytes]:
+    if not upload.files:
+        raise bad_request("missing required parameter: 'file' (the audio, as a multipart file field)", "file")
+    return upload.files[0]
+
+
+def _response_format(upload: Upload) -> str:
+    fmt = upload.fields.get("response_format", "json").strip() or "json"
+    if fmt not in formats.RESPONSE_FORMATS:
+        raise bad_request(f"response_format {fmt!r} is not supported; use one of "
+                          f"{', '.join(formats.RESPONSE_FORMATS)}", "response_format")
+    return fmt
+
+
+def _model_headers(model: LoadedModel) -> dict[str, str]:
+    return {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Sha256": model.digest}
+
+
+async def _transcribe(state: ServerState, model: LoadedModel, audio: np.ndarray) -> formats.Transcript:
+    started = time.perf_counter()
+    transcript = await state.scheduler.run(model, lambda: pipeline.transcribe(model, audio))
+    state.metrics.observe_audio(model.name, model.version, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
+    return transcript
+
+
+def render(fmt: str, transcript: formats.Transcript, model: LoadedModel) -> web.Response:
+    headers = _model_headers(model)
+    if fmt == "json":
+        return web.json_response(dict(formats.as_json(transcript), model_version=model.version), headers=headers)
+    if fmt == "verbose_json":
+        return web.json_response(formats.as_verbose_json(transcript, model.name, model.version), headers=headers)
+    body = {"text": transcript.text + "\n", "srt": formats.as_srt(transcript),
+            "vtt": formats.as_vtt(transcript)}[fmt]
+    return web.Response(text=body, content_type="text/plain", charset="utf-8", headers=headers)
+
+
+async def transcriptions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state.scheduler.admit()  # shed load before reading the upload
+    upload = await read_multipart(request, state.settings.limits.max_bytes)
+    _, data = _require_file(upload)
+    if not upload.fields.get("model", "").strip():
+        raise bad_request("missing required parameter: 'model'", "model")
+    fmt = _response_format(upload)
+    audio = decode_audio(data, state.settings.limits)
+    model = state.lease()
+    try:
+        request["served_by"] = model
+        transcript = await _transcribe(state, model, audio)
+        if upload.fields.get("language"):
+            transcript.language = upload.fields["language"]
+        return render(fmt, transcript, model)
+    finally:
+        model.release()
+
+
+async def batch_transcriptions(request: web.Request) -> web.StreamResponse:
+    """Several `file` fields in one request, all served by the same version, results in order."""
+    state = request.app[STATE]
+    state.scheduler.admit()
+    max_files = 16
+    upload = await read_multipart(request, state.settings.limits.max_bytes, max_files=max_files)
+    if not upload.files:
+        raise bad_request("missing required parameter: 'file' (repeat the field once per audio file)", "file")
+    decoded: list[tuple[str, np.ndarray | APIError]] = []
+    for filename, data in upload.files:
+        try:
+            decoded.append((filename, decode_audio(data, state.settings.limits)))
+        except APIError as exc:  # one bad file fails only its own entry
+            decoded.append((filename, exc))
+    model = state.lease()
+    try:
+        request["served_by"] = model
+        results: list[dict[str, Any]] = []
+        for filename, item in decoded:
+            if isinstance(item, APIError):
+                results.append({"file": filename, **item.body()})
+                continue
+            t = await _transcribe(state, model, item)
+            results.append({"file": filename, **formats.as_verbose_json(t, model.name, model.version)})
+        return web.json_response({"object": "list", "model_version": model.version, "data": results},
+                                 headers=_model_headers(model))
+    finally:
+        model.release()
+
+
+async def vad(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state.scheduler.admit()
+    upload = await read_multipart(request, state.settings.limits.max_bytes)
+    _, data = _require_file(upload)
+    audio = decode_audio(data, state.settings.limits)
+    model = state.lease()
+    try:
+        request["served_by"] = model
+        if model.vad is None:
+            raise bad_request("this server has no VAD model configured (vad_path in the model config)")
+        spans = await state.scheduler.run(model, lambda: pipeline.detect_speech(model, audio))
+        return web.json_response({
+            "duration_ms": pipeline.duration_ms(audio),
+            "segments": [{"start_ms": s, "end_ms": e} for s, e in spans],
+            "vad_path": model.config.vad_path, "model_version": model.version,
+        }, headers=_model_headers(model))
+    finally:
+        model.release()
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    desc = state.slot.describe()
+    data = []
+    if desc["serving"]:
+        s = desc["serving"]
+        data.append({"id": s["name"], "object": "model", "created": int(s["loaded_at"]),
+                     "owned_by": "asr-rollout", **s})
+    return web.json_response({"object": "list", "data": data, **desc})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    current = state.slot.current
+    if state.draining:
+        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    if current is None:
+        return web.json_response({"ready": False, "reason": "no verified, warmed model yet",
+                                  "versions": state.slot.states}, status=503)
+    return web.json_response({"ready": True, "version": current.version, "sha256": current.digest})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state.metrics.update_gpu_memory()
+    body = generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def admin_reload(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    token = state.settings.admin_token
+    if not token:
+        raise APIError(404, "admin reload is off; set ASR_ADMIN_TOKEN to enable it", type="not_found")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise APIError(401, "missing or wrong bearer token", type="authentication_error")
+    outcome = await state.slot.reload(force=request.query.get("force") == "true")
+    status = 409 if outcome.result == "failure" else 200
+    return web.json_response(outcome.as_dict(), status=status)
+
+
+def build_app(state: ServerState) -> web.Application:
+    from inference_server.streaming import stream
+
+    app = web.Application(middlewares=[observe], client_max_size=state.settings.limits.max_bytes + FIELD_LIMIT)
+    app[STATE] = state
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/audio/transcriptions/batch", batch_transcriptions)
+    app.router.add_post("/v1/vad", vad)
+    app.router.add_get("/v1/audio/stream", stream)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/reload", admin_reload)
+    return app

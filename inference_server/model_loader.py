@@ -1,0 +1,189 @@
+"""Load one model version: verify its files, build FunASR models, warm them up.
+
+Everything here blocks (disk, torch); the reloader calls it in a thread beside the serving model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference_server.audio import SAMPLE_RATE
+from inference_server.config import ModelConfig
+from inference_server.manifest import IntegrityError, require_verified
+
+log = logging.getLogger("inference_server.loader")
+
+
+class LoadError(Exception):
+    """A version could not be made ready; `stage` is the metric reason (integrity, load, warmup)."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def warmup_clip(seconds: float = 1.0) -> np.ndarray:
+    """The bundled warm-up clip: a deterministic voiced-like signal (harmonics with an envelope),
+    synthesised rather than shipped so the image needs no data file. It exercises the frontend,
+    encoder, predictor and decoder of every version the same way."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * t / seconds))
+    noise = np.random.default_rng(0).normal(0, 0.003, t.shape)
+    return (0.2 * voiced * envelope + noise).astype(np.float32)
+
+
+@dataclass
+class LoadedModel:
+    """One verified, warmed model version. FunASR's `generate` mutates the model object, so
+    serving calls go through the scheduler's single worker thread, never two at a time."""
+
+    config: ModelConfig
+    digest: str
+    asr: Any
+    vad: Any | None
+    load_seconds: float
+    loaded_at: float
+    # Requests and streams holding this version; touched only on the event loop thread.
+    leases: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    def acquire(self) -> None:
+        self.leases += 1
+
+    def release(self) -> None:
+        self.leases = max(self.leases - 1, 0)
+
+    def ensure_threads(self) -> None:
+        """torch's intra-op thread count is per calling thread (OpenMP): set it where generate runs."""
+        import torch
+
+        ncpu = int(self.config.server_option("ncpu"))
+        if torch.get_num_threads() != ncpu:
+            torch.set_num_threads(ncpu)
+
+    def close(self) -> None:
+        """Drop the models and free their memory (GPU cache too, where CUDA exists)."""
+        self.asr = None
+        self.vad = None
+        gc.collect()
+        release_accelerator_memory()
+
+
+def release_accelerator_memory() -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Linux: renice only the calling thread, so loading a new version beside the serving one
+    takes CPU from idle time first instead of from requests in flight."""
+    import os
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not permitted: loading still works, only without the courtesy
+
+
+def _device(config: ModelConfig) -> str:
+    wanted = str(config.server_option("device"))
+    if wanted.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            log.warning("options.device=%s but no CUDA device exists here; using cpu", wanted)
+            return "cpu"
+    return wanted
+
+
+def build_automodel(model_dir: Path, config: ModelConfig, **extra: Any) -> Any:
+    from funasr import AutoModel
+
+    if not (model_dir / "config.yaml").is_file():
+        # FunASR sends a missing local path to the model hub and fails with a misleading error.
+        raise LoadError("load", f"{model_dir} holds no config.yaml; not a FunASR model directory")
+    return AutoModel(
+        model=str(model_dir),
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+        device=_device(config),
+        ncpu=int(config.server_option("ncpu")),
+        **extra,
+    )
+
+
+def load_version(config: ModelConfig, models_root: Path, warmup_threads: int | None = None) -> LoadedModel:
+    """Verify, load and warm `config`'s version. Raises LoadError naming the failed stage.
+
+    `warmup_threads` limits torch threads on the calling thread for the warm-up, so a version
+    loading beside the serving one does not oversubscribe the CPU the requests run on."""
+    started = time.perf_counter()
+    try:
+        model_dir = config.model_dir(models_root)
+        vad_dir = config.vad_dir(models_root)
+    except ValueError as exc:
+        raise LoadError("invalid_config", str(exc)) from None
+    if not model_dir.is_dir():
+        raise LoadError("load", f"model directory {config.path!r} does not exist under the models root")
+    try:
+        digest = require_verified(model_dir, config.sha256)
+        if vad_dir is not None:
+            if not vad_dir.is_dir():
+                raise LoadError("load", f"VAD directory {config.vad_path!r} does not exist under the models root")
+            require_verified(vad_dir)
+    except IntegrityError as exc:
+        raise LoadError("integrity", str(exc)) from None
+
+    try:
+        asr = build_automodel(model_dir, config, **config.automodel_options())
+        vad = build_automodel(vad_dir, config) if vad_dir is not None else None
+    except LoadError:
+        raise
+    except Exception as exc:
+        raise LoadError("load", f"FunASR could not load {config.path}: {type(exc).__name__}: {exc}") from None
+
+    loaded = LoadedModel(config=config, digest=digest, asr=asr, vad=vad, load_seconds=0.0,
+                         loaded_at=time.time())
+    try:
+        if warmup_threads is not None:  # FunASR's constructor just set this thread's count to ncpu
+            import torch
+
+            torch.set_num_threads(warmup_threads)
+        warm_up(loaded)
+    except Exception as exc:
+        loaded.close()
+        raise LoadError("warmup", f"warm-up of {config.version} failed: {type(exc).__name__}: {exc}") from None
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def warm_up(model: LoadedModel) -> None:
+    clip = warmup_clip()
+    result = model.asr.generate(input=clip)
+    if not isinstance(result, list):
+        raise RuntimeError(f"generate returned {type(result).__name__}, expected a list")
+    if model.vad is not None:
+        model.vad.generate(input=clip, max_end_silence_time=int(model.config.server_option("vad_max_end_silence_ms")))

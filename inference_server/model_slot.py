@@ -1,0 +1,189 @@
+"""The serving slot: which version answers new requests, and how it is replaced.
+
+A reload loads the new version beside the old one (in a thread), then switches the slot in one
+assignment on the event loop: requests already admitted hold a lease on the old version and
+finish there, new requests see the new one. The old version is closed once its last lease ends.
+Any failure leaves the old version serving and is recorded (metric, `/v1/models`, log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference_server.config import ConfigError, ModelConfig, read_model_config
+from inference_server.metrics import ServerMetrics
+from inference_server.model_loader import LoadedModel, LoadError, load_version, lower_thread_priority
+
+log = logging.getLogger("inference_server.reload")
+
+
+@dataclass
+class ReloadOutcome:
+    result: str          # success | failure | unchanged
+    reason: str          # ok | invalid_config | integrity | load | warmup
+    version: str | None
+    message: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"result": self.result, "reason": self.reason, "version": self.version,
+                "message": self.message, "at": self.at}
+
+
+class ModelSlot:
+    def __init__(self, config_path: Path, models_root: Path, metrics: ServerMetrics) -> None:
+        self.config_path = Path(config_path)
+        self.models_root = Path(models_root)
+        self.metrics = metrics
+        self.current: LoadedModel | None = None
+        self.last_reload: ReloadOutcome | None = None
+        self.last_error: ReloadOutcome | None = None
+        self.states: dict[str, str] = {}       # version -> LOADING | READY | FAILED
+        self.swaps = 0
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        # Loads and releases run on their own low-priority thread, beside the serving worker.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-loader",
+                                          initializer=lower_thread_priority)
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def _set_state(self, config: ModelConfig, state: str) -> None:
+        self.states[config.version] = state
+        self.metrics.set_state(config.name, config.version, state)
+
+    def _record(self, outcome: ReloadOutcome) -> ReloadOutcome:
+        self.last_reload = outcome
+        if outcome.result == "failure":
+            self.last_error = outcome
+            log.error("reload of version %s failed (%s): %s", outcome.version, outcome.reason, outcome.message)
+        elif outcome.result == "success":
+            log.info("now serving version %s", outcome.version)
+        if outcome.result != "unchanged":
+            self.metrics.reload_result(outcome.result, outcome.reason)
+        return outcome
+
+    async def reload(self, force: bool = False) -> ReloadOutcome:
+        """Read the config file and serve what it names. Serialized: one reload at a time."""
+        async with self._lock:
+            try:
+                config, _ = read_model_config(self.config_path)
+            except ConfigError as exc:
+                return self._record(ReloadOutcome("failure", "invalid_config", None, str(exc), time.time()))
+            current = self.current
+            if current is not None and not force and current.config == config:
+                return ReloadOutcome("unchanged", "ok", config.version, "already serving this config", time.time())
+            self._set_state(config, "LOADING")
+            log.info("loading version %s from %s", config.version, config.path)
+            try:
+                loaded = await asyncio.get_running_loop().run_in_executor(
+                    self._loader, load_version, config, self.models_root, 1)
+            except LoadError as exc:
+                if current is not None and current.version == config.version:
+                    self._set_state(config, "READY")  # the same version name keeps serving
+                else:
+                    self._set_state(config, "FAILED")
+                return self._record(ReloadOutcome("failure", exc.stage, config.version, str(exc), time.time()))
+            self._switch(loaded)
+            return self._record(ReloadOutcome(
+                "success", "ok", config.version,
+                f"serving {config.version} ({loaded.digest[:12]}), ready in {loaded.load_seconds:.2f} s", time.time()))
+
+    def _switch(self, new: LoadedModel) -> None:
+        old, self.current = self.current, new  # the switch: one assignment on the event loop
+        self.swaps += 1
+        self.metrics.load_seconds.labels(**self.metrics.pod, model=new.name, version=new.version).set(new.load_seconds)
+        self.metrics.set_serving(new.name, new.version, new.digest)
+        if old is not None and old.version != new.version:
+            self.metrics.forget_state(old.name, old.version)
+            self.states.pop(old.version, None)
+        self._set_state(new.config, "READY")
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: LoadedModel) -> None:
+        while old.leases > 0:   # in-flight requests and streams finish on the old version
+            await asyncio.sleep(0.02)
+        await asyncio.get_running_loop().run_in_executor(self._loader, old.close)
+        self.metrics.update_gpu_memory()
+        log.info("released version %s", old.version)
+
+    async def wait_retired(self) -> None:
+        """Wait until every replaced version has been released (tests, benchmarks, shutdown)."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.wait_retired()
+        if self.current is not None:
+            current, self.current = self.current, None
+            while current.leases > 0:
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(current.close)
+        self._loader.shutdown(wait=False)
+
+    def describe(self) -> dict[str, Any]:
+        cur = self.current
+        return {
+            "serving": None if cur is None else {
+                "name": cur.name, "version": cur.version, "path": cur.config.path, "sha256": cur.digest,
+                "vad_path": cur.config.vad_path, "load_seconds": round(cur.load_seconds, 3),
+                "loaded_at": cur.loaded_at, "state": "READY",
+            },
+            "versions": dict(self.states),
+            "swaps": self.swaps,
+            "last_reload": self.last_reload.as_dict() if self.last_reload else None,
+            "last_reload_error": self.last_error.as_dict() if self.last_error else None,
+        }
+
+
+class ConfigWatcher:
+    """Polls the config file's bytes. Reading through the path follows a ConfigMap's `..data`
+    symlink, so both its atomic symlink swap and a plain in-place edit show up as new bytes;
+    polling (not inotify) also works on every volume type and needs no extra dependency."""
+
+    def __init__(self, slot: ModelSlot, interval_s: float = 0.5) -> None:
+        self.slot = slot
+        self.interval_s = interval_s
+        self._last: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.slot.config_path.read_bytes()
+        except OSError:
+            return None  # mid-swap or deleted: keep the last version, look again next tick
+
+    def prime(self) -> None:
+        self._last = self._read()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            data = self._read()
+            if data is None or data == self._last:
+                continue
+            self._last = data
+            log.info("model config %s changed; reloading", self.slot.config_path)
+            await self.slot.reload()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

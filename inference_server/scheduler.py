@@ -1,0 +1,99 @@
+"""Admission and execution of inference jobs: a bounded queue in front of one worker thread.
+
+One worker serves every version in FIFO order: during a hot swap, jobs admitted to the old
+version run before those for the new one instead of beside them (two torch thread teams on
+the same cores would slow both). A job holds a lease on the version it was admitted to, so
+the old version is released only when its last job has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from inference_server.errors import APIError, overloaded
+from inference_server.metrics import ServerMetrics
+from inference_server.model_loader import LoadedModel
+
+T = TypeVar("T")
+
+
+def should_admit(waiting: int, max_queue: int) -> bool:
+    """Pure admission rule: accept while fewer than `max_queue` jobs wait for a worker."""
+    return waiting < max_queue
+
+
+class InferenceScheduler:
+    def __init__(self, metrics: ServerMetrics, max_queue: int, timeout_s: float, retry_after_s: int = 1) -> None:
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-worker")
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.waiting = 0   # admitted, not yet started on a worker
+        self.running = 0
+
+    def _set_depth(self) -> None:
+        self.metrics.queue_depth.labels(**self.metrics.pod).set(self.waiting)
+
+    def admit(self) -> None:
+        """Raise 503 + Retry-After when the queue is full. Call before reading big uploads' work."""
+        if not should_admit(self.waiting, self.max_queue):
+            raise overloaded(self.retry_after_s)
+
+    async def run(self, model: LoadedModel, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+        """Run `fn` on `model`'s worker thread; the caller must hold a lease on `model`.
+
+        A second lease is taken for the job itself and dropped only when the thread finishes,
+        even if the request gave up waiting (timeout), so the model outlives its last job."""
+        self.admit()
+        loop = asyncio.get_running_loop()
+        self.waiting += 1
+        self._set_depth()
+        started = False
+
+        def job() -> T:
+            nonlocal started
+            started = True
+            loop.call_soon_threadsafe(self._job_started)
+            model.ensure_threads()
+            return fn()
+
+        model.acquire()
+        try:
+            cfut = self.worker.submit(job)
+        except RuntimeError:  # worker shut down: the server is exiting
+            model.release()
+            self.waiting -= 1
+            self._set_depth()
+            raise APIError(503, "the server is shutting down; retry", type="server_shutting_down",
+                           headers={"Retry-After": "1"}) from None
+        afut = asyncio.wrap_future(cfut)
+
+        def finished(_: object) -> None:
+            model.release()
+            if started:
+                self.running -= 1
+            else:  # cancelled before it started
+                self.waiting -= 1
+                self._set_depth()
+
+        afut.add_done_callback(finished)
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(afut), limit)
+        except asyncio.TimeoutError:
+            cfut.cancel()  # only succeeds when it has not started; a running job finishes alone
+            raise APIError(504, f"inference did not finish within {limit:.0f} s", type="timeout",
+                           code="request_timeout") from None
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True)
+
+    def _job_started(self) -> None:
+        self.waiting -= 1
+        self.running += 1
+        self._set_depth()
+

@@ -1,0 +1,53 @@
+"""Server settings: command line first, then environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference_server.audio import AudioLimits
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_config: Path
+    models_root: Path
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_queue: int = 16                 # waiting jobs before 503 + Retry-After
+    request_timeout_s: float = 60.0
+    drain_timeout_s: float = 30.0       # SIGTERM: how long running requests may still take
+    watch_interval_s: float = 0.5
+    admin_token: str | None = None      # POST /admin/reload is off unless a token is set
+    limits: AudioLimits = field(default_factory=AudioLimits)
+    log_level: str = "INFO"
+
+
+def parse_args(argv: list[str] | None = None) -> ServerSettings:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="asr-inference-server", description="FunASR inference server")
+    p.add_argument("--model-config", type=Path, default=env.get("ASR_MODEL_CONFIG"), required="ASR_MODEL_CONFIG" not in env,
+                   help="model config YAML (name, version, path, sha256, vad_path, options)")
+    p.add_argument("--models-root", type=Path, default=env.get("ASR_MODELS_ROOT", "/models"),
+                   help="directory every model path is relative to (default /models)")
+    p.add_argument("--host", default=env.get("ASR_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env.get("ASR_PORT", "8000")))
+    p.add_argument("--max-queue", type=int, default=int(env.get("ASR_MAX_QUEUE", "16")))
+    p.add_argument("--request-timeout", type=float, default=float(env.get("ASR_REQUEST_TIMEOUT_S", "60")))
+    p.add_argument("--drain-timeout", type=float, default=float(env.get("ASR_DRAIN_TIMEOUT_S", "30")))
+    p.add_argument("--watch-interval", type=float, default=float(env.get("ASR_WATCH_INTERVAL_S", "0.5")))
+    p.add_argument("--max-upload-bytes", type=int, default=int(env.get("ASR_MAX_UPLOAD_BYTES", str(25 * 1024 * 1024))))
+    p.add_argument("--max-audio-seconds", type=float, default=float(env.get("ASR_MAX_AUDIO_SECONDS", "600")))
+    p.add_argument("--log-level", default=env.get("ASR_LOG_LEVEL", "INFO"))
+    a = p.parse_args(argv)
+    if a.max_queue < 1:
+        p.error("--max-queue must be at least 1")
+    return ServerSettings(
+        model_config=a.model_config, models_root=a.models_root, host=a.host, port=a.port,
+        max_queue=a.max_queue, request_timeout_s=a.request_timeout, drain_timeout_s=a.drain_timeout,
+        watch_interval_s=a.watch_interval, admin_token=env.get("ASR_ADMIN_TOKEN") or None,
+        limits=AudioLimits(max_bytes=a.max_upload_bytes, max_seconds=a.max_audio_seconds),
+        log_level=a.log_level,
+    )

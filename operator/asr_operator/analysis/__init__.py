@@ -1,0 +1,1 @@
+"""Canary analysis: PromQL templates, verdicts, and the Prometheus metric source."""

@@ -1,0 +1,181 @@
+"""PromQL the operator asks Prometheus: built-in templates and safe custom-template rendering.
+
+Every built-in query selects the canary track of one rollout and one model version with the
+server's own metric names (docs/contracts.md). Values from a resource's fields only ever enter a
+query inside a double-quoted label value and are escaped there, so a crafted version string
+cannot change the query's shape.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Metric names the spec may use. Built-ins have a query below; "pending" names are part of the
+# resource contract but implemented by a later part (golden-set quality), so they are refused
+# as InvalidSpec for now rather than silently ignored.
+BUILTIN_METRICS = ("error-rate", "p99-latency-seconds", "real-time-factor")
+CUSTOM_METRIC = "custom"
+PENDING_METRICS = ("golden-cer", "golden-agreement")
+KNOWN_PLACEHOLDERS = ("namespace", "rollout", "track", "version")
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class QueryScope:
+    """Which series a query is about: one rollout's track serving one model version."""
+
+    namespace: str
+    rollout: str
+    track: str
+    version: str
+
+
+def escape_label_value(value: str) -> str:
+    """Escape a value for a PromQL double-quoted string (Go string-literal rules)."""
+    out = []
+    for char in value:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == '"':
+            out.append('\\"')
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+_SERVER_ERRORS = ',code=~"5.."'
+
+
+def _selector(scope: QueryScope, extra: str = "") -> str:
+    labels = (
+        f'namespace="{escape_label_value(scope.namespace)}",'
+        f'rollout="{escape_label_value(scope.rollout)}",'
+        f'track="{escape_label_value(scope.track)}",'
+        f'version="{escape_label_value(scope.version)}"'
+    )
+    return "{" + labels + extra + "}"
+
+
+def window_text(window_seconds: float) -> str:
+    """A PromQL range in whole seconds (valid on every Prometheus version)."""
+    return f"{max(1, int(round(window_seconds)))}s"
+
+
+def request_count_query(scope: QueryScope, window_seconds: float) -> str:
+    """Requests the canary version answered in the window: below minRequests means no verdict."""
+    return f"sum(increase(asr_requests_total{_selector(scope)}[{window_text(window_seconds)}]))"
+
+
+def error_rate_query(scope: QueryScope, window_seconds: float) -> str:
+    # `or vector(0)`: with no 5xx at all the numerator has no series; that is a 0 % error rate,
+    # while no requests at all (empty denominator) stays empty -> Inconclusive.
+    window = window_text(window_seconds)
+    errors = f"sum(rate(asr_requests_total{_selector(scope, _SERVER_ERRORS)}[{window}]))"
+    total = f"sum(rate(asr_requests_total{_selector(scope)}[{window}]))"
+    return f"({errors} or vector(0)) / {total}"
+
+
+def p99_latency_query(scope: QueryScope, window_seconds: float) -> str:
+    window = window_text(window_seconds)
+    return (
+        "histogram_quantile(0.99, sum by (le) "
+        f"(rate(asr_request_duration_seconds_bucket{_selector(scope)}[{window}])))"
+    )
+
+
+def real_time_factor_query(scope: QueryScope, window_seconds: float) -> str:
+    """Mean real-time factor (processing seconds per audio second) over the window."""
+    window = window_text(window_seconds)
+    return (
+        f"sum(rate(asr_real_time_factor_sum{_selector(scope)}[{window}])) / "
+        f"sum(rate(asr_real_time_factor_count{_selector(scope)}[{window}]))"
+    )
+
+
+def builtin_query(name: str, scope: QueryScope, window_seconds: float) -> str:
+    builders = {
+        "error-rate": error_rate_query,
+        "p99-latency-seconds": p99_latency_query,
+        "real-time-factor": real_time_factor_query,
+    }
+    if name not in builders:
+        raise KeyError(f"no built-in query named {name!r}; built-ins are {', '.join(BUILTIN_METRICS)}")
+    return builders[name](scope, window_seconds)
+
+
+def served_versions_query(namespace: str, rollout: str, track: str) -> str:
+    """Pods per model version a track serves (asr_model_info is 1 for the serving version)."""
+    labels = (
+        f'namespace="{escape_label_value(namespace)}",'
+        f'rollout="{escape_label_value(rollout)}",'
+        f'track="{escape_label_value(track)}"'
+    )
+    return f"count by (version) (asr_model_info{{{labels}}} == 1)"
+
+
+def check_custom_template(template: str) -> list[str]:
+    """Problems with a custom query template (empty list: fine).
+
+    Placeholders must be known and sit inside a double-quoted string, because only there can
+    an escaped value not change the query (`rate(x[{{version}}])` would be an injection point).
+    """
+    problems: list[str] = []
+    for match in _PLACEHOLDER.finditer(template):
+        name = match.group(1)
+        if name not in KNOWN_PLACEHOLDERS:
+            problems.append(
+                f"unknown placeholder {{{{{name}}}}}; use {', '.join('{{' + p + '}}' for p in KNOWN_PLACEHOLDERS)}"
+            )
+        elif not _inside_double_quotes(template, match.start()):
+            problems.append(
+                f'placeholder {{{{{name}}}}} must be inside a double-quoted label value, e.g. {name}="{{{{{name}}}}}"'
+            )
+    if "{{" in _PLACEHOLDER.sub("", template):
+        problems.append("malformed placeholder: write {{namespace}}, {{rollout}}, {{track}} or {{version}}")
+    return problems
+
+
+def _inside_double_quotes(text: str, position: int) -> bool:
+    """Whether `position` lies inside a "..." PromQL string (tracking escapes and other quotes)."""
+    quote: str | None = None
+    index = 0
+    while index < position:
+        char = text[index]
+        if quote is not None:
+            if char == "\\" and quote != "`":
+                index += 2
+                continue
+            if char == quote:
+                quote = None
+        elif char in ('"', "'", "`"):
+            quote = char
+        elif char == "#":  # a PromQL comment runs to the end of the line
+            newline = text.find("\n", index)
+            if newline == -1 or newline >= position:
+                return False
+            index = newline
+        index += 1
+    return quote == '"'
+
+
+def render_custom_query(template: str, scope: QueryScope) -> str:
+    """Substitute placeholders with escaped values. The template must pass check_custom_template."""
+    problems = check_custom_template(template)
+    if problems:
+        raise ValueError("; ".join(problems))
+    values = {
+        "namespace": scope.namespace,
+        "rollout": scope.rollout,
+        "track": scope.track,
+        "version": scope.version,
+    }
+    return _PLACEHOLDER.sub(lambda match: escape_label_value(values[match.group(1)]), template)

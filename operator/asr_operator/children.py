@@ -1,0 +1,189 @@
+"""Pure builders of the objects a rollout owns (names, labels and env per docs/contracts.md).
+
+Nothing about a model version goes into a pod template: a version change is a ConfigMap change
+the server hot-reloads, so promotion never restarts a stable pod. The version shows on the
+Deployment's and ConfigMap's own labels instead.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from .kube import API_VERSION, KIND
+from .spec import ModelRef, RolloutSpec
+
+SERVER_PORT = 8000
+CONFIG_KEY = "model.yaml"
+CONFIG_DIR = "/etc/asr/model"
+MODELS_ROOT = "/models"
+TRACKS = ("stable", "canary")
+
+
+def configmap_name(rollout: str, track: str) -> str:
+    return f"{rollout}-{track}-model"
+
+
+def deployment_name(rollout: str, track: str) -> str:
+    return f"{rollout}-{track}"
+
+
+def common_labels(rollout: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "asr-inference-server",
+        "app.kubernetes.io/instance": rollout,
+        "app.kubernetes.io/managed-by": "asr-rollout",
+        "asr.rollout.dev/rollout": rollout,
+    }
+
+
+def track_labels(rollout: str, track: str) -> dict[str, str]:
+    return {**common_labels(rollout), "asr.rollout.dev/track": track}
+
+
+def owner_references(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
+    meta = owner.get("metadata") or {}
+    ref: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
+                           "controller": True, "blockOwnerDeletion": True}
+    if meta.get("uid"):
+        ref["uid"] = meta["uid"]
+    return [ref]
+
+
+def model_config(model: ModelRef) -> dict[str, Any]:
+    """The model config file the server reads (docs/contracts.md, `model.yaml`)."""
+    config: dict[str, Any] = {"name": model.name, "version": model.version, "path": model.path}
+    if model.sha256:
+        config["sha256"] = model.sha256
+    if model.vad_path:
+        config["vad_path"] = model.vad_path
+    if model.options:
+        config["options"] = dict(model.options)
+    return config
+
+
+def model_from_configmap(configmap: Mapping[str, Any] | None) -> ModelRef | None:
+    """Which model a live ConfigMap points at (None when absent or unreadable)."""
+    if not configmap:
+        return None
+    text = (configmap.get("data") or {}).get(CONFIG_KEY)
+    if not text:
+        return None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict) or not data.get("version"):
+        return None
+    return ModelRef(name=str(data.get("name", "")), version=str(data["version"]), path=str(data.get("path", "")),
+                    sha256=data.get("sha256") or None, vad_path=data.get("vad_path") or None,
+                    options=dict(data.get("options") or {}))
+
+
+def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
+              owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(rollout, track),
+            "namespace": namespace,
+            "labels": {**track_labels(rollout, track), "asr.rollout.dev/version": model.version},
+            "ownerReferences": owner_references(owner),
+        },
+        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model), sort_keys=True)},
+    }
+
+
+def _env(rollout: str, track: str, spec: RolloutSpec) -> list[dict[str, Any]]:
+    fixed: list[dict[str, Any]] = [
+        {"name": "ASR_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "ASR_ROLLOUT", "value": rollout},
+        {"name": "ASR_TRACK", "value": track},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    ours = {item["name"] for item in fixed}
+    return fixed + [dict(item) for item in spec.server.env if item.get("name") not in ours]
+
+
+def deployment(namespace: str, rollout: str, track: str, replicas: int, version: str,
+               spec: RolloutSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
+    labels = track_labels(rollout, track)
+    container: dict[str, Any] = {
+        "name": "inference-server",
+        "image": spec.server.image,
+        "args": ["--model-config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--models-root", MODELS_ROOT],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "env": _env(rollout, track, spec),
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_ROOT, "readOnly": True},
+            {"name": "model-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        ],
+    }
+    if spec.server.resources:
+        container["resources"] = dict(spec.server.resources)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(rollout, track),
+            "namespace": namespace,
+            "labels": {**labels, "asr.rollout.dev/version": version},
+            "ownerReferences": owner_references(owner),
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"asr.rollout.dev/rollout": rollout, "asr.rollout.dev/track": track}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "models", **dict(spec.model_volume)},
+                        {"name": "model-config", "configMap": {"name": configmap_name(rollout, track)}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _service(namespace: str, name: str, labels: dict[str, str], selector: dict[str, str],
+             owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                     "ownerReferences": owner_references(owner)},
+        "spec": {"selector": selector,
+                 "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
+    }
+
+
+def track_service(namespace: str, rollout: str, track: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    return _service(namespace, deployment_name(rollout, track), track_labels(rollout, track),
+                    {"asr.rollout.dev/rollout": rollout, "asr.rollout.dev/track": track}, owner)
+
+
+def combined_service(namespace: str, rollout: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The replicaRatio router's Service: both tracks, so pod counts set the split."""
+    return _service(namespace, rollout, common_labels(rollout), {"asr.rollout.dev/rollout": rollout}, owner)
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """Whether `live` already holds everything in `desired` (extra keys a server adds, like
+    defaults, are fine). Used to write only on drift, so others' edits are put back."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(key in live and contains(live[key], value)
+                                                 for key, value in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(contains(a, b) for a, b in zip(live, desired)))
+    if type(live) is not type(desired) and not isinstance(desired, bool):
+        return str(live) == str(desired)  # a server may write the quantity 1 as "1"
+    return bool(live == desired)

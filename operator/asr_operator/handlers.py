@@ -1,0 +1,157 @@
+"""kopf handlers: thin adapters around the Reconciler.
+
+One daemon per rollout ticks when the state machine says the next thing is due (analysis
+interval, pause end, deadline) and at once when a person changes the spec or sets a control
+annotation. State lives in the resource's status, never in this process.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from . import kube
+from .alert_webhook import TOKEN_ENV, start_alert_webhook
+from .analysis.prometheus_source import SourcePool
+from .metrics import OperatorMetrics
+from .reconciler import Reconciler
+from .state_machine import ANNOTATION_PREFIX
+
+log = logging.getLogger("asr_operator")
+IDLE_TICK_SECONDS = 30.0  # re-check even when nothing is due: children drift, pods come and go
+ERROR_RETRY_SECONDS = 5.0
+
+
+@dataclass
+class OperatorOptions:
+    namespaces: list[str] = field(default_factory=list)
+    standalone: bool = False
+    disable_scanning: bool = False
+    metrics_port: int = 8080
+    webhook_port: int = 8081
+    verbose: bool = False
+
+
+@dataclass
+class _Runtime:
+    options: OperatorOptions = field(default_factory=OperatorOptions)
+    connection: kopf.ConnectionInfo | None = None
+    reconciler: Reconciler | None = None
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    seen_generation: dict[tuple[str, str], Any] = field(default_factory=dict)
+    webhook: Any = None
+
+
+RUNTIME = _Runtime()
+
+
+def configure(options: OperatorOptions) -> None:
+    RUNTIME.options = options
+
+
+def _reconciler() -> Reconciler:
+    if RUNTIME.reconciler is None:
+        info = RUNTIME.connection or kube.login_info()
+        RUNTIME.reconciler = Reconciler(kube.KubeApi(info), SourcePool(), RUNTIME.metrics)
+    return RUNTIME.reconciler
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    options = RUNTIME.options
+    settings.scanning.disabled = options.disable_scanning
+    settings.peering.standalone = options.standalone
+    # With replicas, only one may act: peering is required, not best-effort (docs/contracts.md).
+    settings.peering.mandatory = not options.standalone
+    # kopf's own bookkeeping goes to annotations, not to our status (the CRD owns its shape).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.asr.rollout.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.asr.rollout.dev", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our events are posted by the reconciler
+    settings.watching.server_timeout = 300
+    RUNTIME.metrics.serve(options.metrics_port)
+    if options.webhook_port > 0:
+        api = _reconciler().api
+
+        async def patch_annotation(namespace: str, name: str, key: str, value: str) -> None:
+            await api.set_annotations(namespace, name, {key: value})
+
+        try:
+            RUNTIME.webhook = await start_alert_webhook(
+                port=options.webhook_port, token=os.environ.get(TOKEN_ENV, ""),
+                get_rollout=api.get_rollout, patch_annotation=patch_annotation)
+        except OSError as error:
+            log.error("webhook port %d unavailable (%s); alerts are not received. Pick a free --webhook-port.",
+                      options.webhook_port, error)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if RUNTIME.webhook is not None:
+        await RUNTIME.webhook.cleanup()
+    if RUNTIME.reconciler is not None:
+        await RUNTIME.reconciler.api.close()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere KUBECONFIG (or ~/.kube/config)."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        raise kopf.LoginError("no credentials: run in a cluster or set KUBECONFIG")
+    RUNTIME.connection = info
+    return info
+
+
+@kopf.on.event(kube.GROUP, kube.VERSION, kube.PLURAL)
+def poke(namespace: str | None, name: str, meta: Any, **_: Any) -> None:
+    """Wake the rollout's daemon on a spec change or a control annotation, not on our own
+    status writes (which would only double the work)."""
+    key = (namespace or "", name)
+    generation = meta.get("generation")
+    controls = any(k.startswith(ANNOTATION_PREFIX) for k in (meta.get("annotations") or {}))
+    changed = RUNTIME.seen_generation.get(key) != generation
+    RUNTIME.seen_generation[key] = generation
+    wake = RUNTIME.wakeups.get(key)
+    if wake is not None and (controls or changed):
+        wake.set()
+
+
+@kopf.daemon(kube.GROUP, kube.VERSION, kube.PLURAL, cancellation_timeout=5.0)
+async def rollout_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name: str, **_: Any) -> None:
+    namespace = namespace or ""  # the resource is namespaced: kopf always passes one
+    key = (namespace, name)
+    wake = RUNTIME.wakeups.setdefault(key, asyncio.Event())
+    reconciler = _reconciler()
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                requeue = await reconciler.settle(namespace, name)
+            except Exception as error:  # one rollout's trouble must not stop the others
+                RUNTIME.metrics.error(namespace, name)
+                log.warning("%s/%s: reconcile failed: %s", namespace, name, error,
+                            exc_info=RUNTIME.options.verbose)
+                requeue = ERROR_RETRY_SECONDS
+            delay = IDLE_TICK_SECONDS if requeue is None else min(max(requeue, 0.05), IDLE_TICK_SECONDS)
+            await _sleep(stopped, wake, delay)
+    finally:
+        RUNTIME.wakeups.pop(key, None)
+        RUNTIME.seen_generation.pop(key, None)
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    waiters = [asyncio.ensure_future(until_stopped()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,222 @@
+"""One reconcile tick for one rollout: observe -> decide -> act. All I/O of a tick lives here.
+
+Write order in `act`, chosen for crash safety:
+1. manual control annotations removed (at most once: a crash here loses the command, never
+   doubles it - a person simply asks again);
+2. status written through /status (the decision: from here on a restart resumes it);
+3. children brought to their desired state (idempotent; weight first, then ConfigMaps);
+4. events; 5. the alert annotation removed (its fingerprint in status makes a repeat a no-op).
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import children, kube
+from .analysis import measure as measuring
+from .analysis.prometheus_source import SourcePool
+from .analysis.queries import QueryScope
+from .analysis.verdict import QueryFailed
+from .metrics import OperatorMetrics
+from .spec import InvalidSpec, RolloutSpec, parse_spec
+from .state_machine import (
+    ANNOTATION_PREFIX, AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment,
+    EnsureServices, Observations, SetWeight, decide, wants,
+)
+from .traffic.gateway_api import GatewayApiRouter
+from .traffic.replica_ratio import ReplicaRatioRouter
+from .traffic.router import RouterError, TrafficRouter
+
+log = logging.getLogger("asr_operator.reconciler")
+MAX_IMMEDIATE_PASSES = 4
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def deployment_state(live: Mapping[str, Any] | None) -> DeploymentState | None:
+    if live is None:
+        return None
+    spec = live.get("spec") or {}
+    status = live.get("status") or {}
+    generation = (live.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    up_to_date = generation is None or observed is None or int(observed) >= int(generation)
+    return DeploymentState(replicas=int(spec.get("replicas") or 0), ready=int(status.get("readyReplicas") or 0),
+                           up_to_date=up_to_date)
+
+
+class Reconciler:
+    def __init__(self, api: kube.KubeApi, sources: SourcePool, metrics: OperatorMetrics | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow):
+        self.api = api
+        self.sources = sources
+        self.metrics = metrics
+        self.clock = clock
+
+    def router(self, namespace: str, name: str, spec: RolloutSpec) -> TrafficRouter:
+        if spec.traffic.provider == "gatewayAPI":
+            assert spec.traffic.http_route is not None
+            return GatewayApiRouter(self.api, namespace, name, spec.traffic.http_route)
+        return ReplicaRatioRouter(self.api, namespace, name, spec)
+
+    async def settle(self, namespace: str, name: str) -> float | None:
+        """Tick, and tick again at once while the machine asks for it (e.g. a rollback's
+        confirmation). Returns seconds until the next tick is due (None: only on a change)."""
+        requeue: float | None = 0.0
+        started = time.monotonic()
+        for _ in range(MAX_IMMEDIATE_PASSES):
+            started = time.monotonic()
+            requeue = await self.tick(namespace, name)
+            if requeue != 0:
+                break
+        if requeue is None:
+            return None
+        # The schedule counts from the tick's start (its clock reading), not from its end.
+        return max(0.0, requeue - (time.monotonic() - started))
+
+    async def tick(self, namespace: str, name: str) -> float | None:
+        body = await self.api.get_rollout(namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        try:
+            spec: RolloutSpec | InvalidSpec = parse_spec(body.get("spec"))
+        except InvalidSpec as error:
+            spec = error
+        status = dict(body.get("status") or {})
+        now = self.clock()
+        cache: dict[str, dict[str, Any] | None] = {}
+        observations = await self.observe(body, spec, status, now, cache)
+        decision = decide(spec, status, observations, now)
+        try:
+            await self.act(body, spec, status, decision, cache)
+        finally:
+            if self.metrics is not None:
+                self.metrics.record(namespace, name, status, decision, now)
+        return decision.requeue_after
+
+    async def _get(self, path: str, cache: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+        if path not in cache:
+            cache[path] = await self.api.get(path)
+        return cache[path]
+
+    async def observe(self, body: Mapping[str, Any], spec: RolloutSpec | InvalidSpec, status: Mapping[str, Any],
+                      now: datetime.datetime, cache: dict[str, dict[str, Any] | None]) -> Observations:
+        meta = body.get("metadata") or {}
+        annotations = {key: str(value) for key, value in (meta.get("annotations") or {}).items()
+                       if key.startswith(ANNOTATION_PREFIX)}
+        generation = meta.get("generation")
+        if isinstance(spec, InvalidSpec):
+            return Observations(generation=generation, annotations=annotations)
+        namespace, name = meta["namespace"], meta["name"]
+        stable = deployment_state(await self._get(kube.deployment_path(namespace, f"{name}-stable"), cache))
+        canary = deployment_state(await self._get(kube.deployment_path(namespace, f"{name}-canary"), cache))
+        canary_config = children.model_from_configmap(
+            await self._get(kube.configmap_path(namespace, children.configmap_name(name, "canary")), cache))
+        try:
+            weight = await self.router(namespace, name, spec).current_weight()
+        except (RouterError, kube.KubeError) as error:
+            log.debug("%s/%s: cannot read the traffic weight: %s", namespace, name, error)
+            weight = None
+        needs = wants(spec, status, now)
+        analysis = None
+        served = None
+        if needs.analysis and spec.analysis is not None:
+            source = self.sources.get(spec.analysis.prometheus_address)
+            scope = QueryScope(namespace=namespace, rollout=name, track="canary",
+                               version=str(status.get("canaryVersion") or ""))
+            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope))
+        if needs.served_versions and spec.analysis is not None:
+            try:
+                served = await measuring.served_versions(
+                    self.sources.get(spec.analysis.prometheus_address), namespace, name, "stable")
+            except QueryFailed as error:
+                log.info("%s/%s: served versions unknown: %s", namespace, name, error)
+        return Observations(generation=generation, annotations=annotations, stable=stable, canary=canary,
+                            traffic_weight=weight, canary_config=canary_config, analysis=analysis,
+                            served_versions=served)
+
+    async def act(self, body: Mapping[str, Any], spec: RolloutSpec | InvalidSpec, old_status: Mapping[str, Any],
+                  decision: Decision, cache: dict[str, dict[str, Any] | None]) -> None:
+        meta = body.get("metadata") or {}
+        namespace, name = meta["namespace"], meta["name"]
+        if decision.remove_before:
+            await self.api.set_annotations(namespace, name, {key: None for key in decision.remove_before})
+        status_patch = _as_patch(old_status, decision.status)
+        if status_patch:
+            await self.api.patch_rollout_status(namespace, name, status_patch)
+        error: Exception | None = None
+        if not isinstance(spec, InvalidSpec):
+            try:
+                await self.apply_children(body, spec, decision, cache)
+            except (RouterError, kube.KubeError) as failure:
+                error = failure
+        for event in decision.events:
+            await self._event(body, event.type, event.reason, event.message)
+        if error is not None:
+            await self._event(body, "Warning", "ReconcileError", str(error))
+            raise error
+        if decision.remove_after:
+            await self.api.set_annotations(namespace, name, {key: None for key in decision.remove_after})
+
+    async def apply_children(self, owner: Mapping[str, Any], spec: RolloutSpec, decision: Decision,
+                             cache: dict[str, dict[str, Any] | None]) -> None:
+        meta = owner.get("metadata") or {}
+        namespace, name = meta["namespace"], meta["name"]
+        for action in decision.actions:
+            if isinstance(action, EnsureServices):
+                for track in children.TRACKS:
+                    await self._ensure(kube.service_path(namespace), children.deployment_name(name, track),
+                                       children.track_service(namespace, name, track, owner), cache)
+            elif isinstance(action, SetWeight):
+                await self.router(namespace, name, spec).set_weight(action.weight, dict(owner))
+            elif isinstance(action, EnsureConfigMap):
+                await self._ensure(kube.configmap_path(namespace), children.configmap_name(name, action.track),
+                                   children.configmap(namespace, name, action.track, action.model, owner), cache)
+            elif isinstance(action, EnsureDeployment):
+                await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
+                                   children.deployment(namespace, name, action.track, action.replicas,
+                                                       action.version, spec, owner), cache)
+
+    async def _ensure(self, collection: str, name: str, desired: dict[str, Any],
+                      cache: dict[str, dict[str, Any] | None]) -> None:
+        """Create if missing; patch only on drift (someone else's edit is put back)."""
+        path = f"{collection}/{name}"
+        live = await self._get(path, cache)
+        if live is None:
+            try:
+                cache[path] = await self.api.create(collection, desired)
+            except kube.KubeError as error:
+                if error.status != 409:
+                    raise
+                cache[path] = await self.api.merge_patch(path, desired)
+        elif not children.contains(live, desired):
+            cache[path] = await self.api.merge_patch(path, desired)
+
+    async def _event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        try:
+            await self.api.post_event(body, kind, reason, message)
+        except Exception as error:  # events are best effort; they must never block a rollback
+            log.warning("could not post event %s: %s", reason, error)
+
+
+def _as_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`: nested objects are merged by the
+    server, so a key that is gone at any depth must be sent as null."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = _as_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif key not in old or before != value:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch

@@ -1,0 +1,443 @@
+"""Parse and check an ASRModelRollout `spec` into frozen dataclasses.
+
+The CRD schema rejects malformed input on a real API server; this module checks it again (the
+emulator and old servers validate nothing) and adds the checks a schema cannot express. Every
+error names the field path and says what to write instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .analysis import queries
+from .durations import parse_duration
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A model version goes into label values (Kubernetes objects and Prometheus series).
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class InvalidSpec(ValueError):
+    """The spec is wrong; `problems` lists each one as `field.path: what is wrong; what to do`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model version: what a track's ConfigMap points the server at."""
+
+    name: str
+    version: str
+    path: str
+    sha256: str | None = None
+    vad_path: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "version": self.version, "path": self.path}
+        if self.sha256:
+            out["sha256"] = self.sha256
+        if self.vad_path:
+            out["vadPath"] = self.vad_path
+        if self.options:
+            out["options"] = dict(self.options)
+        return out
+
+    @classmethod
+    def from_status(cls, data: Mapping[str, Any] | None) -> ModelRef | None:
+        if not data or not data.get("version"):
+            return None
+        return cls(
+            name=str(data.get("name", "")),
+            version=str(data["version"]),
+            path=str(data.get("path", "")),
+            sha256=data.get("sha256") or None,
+            vad_path=data.get("vadPath") or None,
+            options=dict(data.get("options") or {}),
+        )
+
+    def same_as(self, other: ModelRef | None) -> bool:
+        return other is not None and self.to_status() == other.to_status()
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    image: str
+    replicas: int
+    resources: Mapping[str, Any]
+    env: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    provider: str  # "gatewayAPI" | "replicaRatio"
+    http_route: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    set_weight: int | None = None
+    pause: bool = False
+    pause_seconds: float | None = None  # None with pause=True: wait for the promote annotation
+
+    @property
+    def is_manual_pause(self) -> bool:
+        return self.pause and self.pause_seconds is None
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    steps: tuple[Step, ...]
+    progress_deadline_seconds: float
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # display name in status: the metric name, `#N` appended for repeats
+    kind: str  # error-rate | p99-latency-seconds | real-time-factor | custom
+    max: float | None = None
+    min: float | None = None
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    prometheus_address: str
+    interval_seconds: float
+    failure_limit: int
+    inconclusive_limit: int
+    error_limit: int
+    min_requests: int
+    window_seconds: float
+    metrics: tuple[MetricSpec, ...]
+
+
+@dataclass(frozen=True)
+class RollbackSpec:
+    on_alert: bool
+    post_promotion_window_seconds: float
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    model: ModelRef
+    model_volume: Mapping[str, Any]
+    server: ServerSpec
+    traffic: TrafficSpec
+    strategy: StrategySpec
+    analysis: AnalysisSpec | None
+    rollback: RollbackSpec
+    fingerprint: str  # digest of the whole spec: "the spec changed" means this changed
+
+
+class _Checker:
+    """Collects problems instead of stopping at the first, so one fix round is enough."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, value: Any, path: str, required: bool = True) -> Mapping[str, Any]:
+        if value is None:
+            if required:
+                self.fail(path, "is required")
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be an object, got {type(value).__name__}")
+            return {}
+        return value
+
+    def string(self, value: Any, path: str, pattern: re.Pattern[str] | None = None,
+               hint: str = "", required: bool = True) -> str | None:
+        if value is None:
+            if required:
+                self.fail(path, "is required")
+            return None
+        if not isinstance(value, str) or not value:
+            self.fail(path, f"must be a non-empty string, got {value!r}")
+            return None
+        if pattern is not None and not pattern.match(value):
+            self.fail(path, f"{value!r} is not valid; {hint}")
+            return None
+        return value
+
+    def integer(self, value: Any, path: str, default: int, minimum: int,
+                maximum: int | None = None) -> int:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, f"must be an integer, got {value!r}")
+            return default
+        if value < minimum:
+            self.fail(path, f"{value} is under {minimum}; use {minimum} or more")
+            return default
+        if maximum is not None and value > maximum:
+            self.fail(path, f"{value} is over {maximum}; use {minimum}..{maximum}")
+            return default
+        return value
+
+    def number(self, value: Any, path: str) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(path, f"must be a number, got {value!r}")
+            return None
+        return float(value)
+
+    def duration(self, value: Any, path: str, default: str, minimum_seconds: float = 0.0) -> float:
+        text = default if value is None else value
+        try:
+            seconds = parse_duration(text)
+        except ValueError as error:
+            self.fail(path, str(error))
+            return parse_duration(default)
+        if seconds < minimum_seconds:
+            self.fail(path, f"{text!r} is too short; use at least {minimum_seconds:g}s")
+            return parse_duration(default)
+        return seconds
+
+    def model_path(self, value: Any, path: str, required: bool) -> str | None:
+        text = self.string(value, path, required=required)
+        if text is None:
+            return None
+        if text.startswith("/") or "\\" in text or "\x00" in text:
+            self.fail(path, f"{text!r} must be relative to the model volume (no leading /, no backslash)")
+            return None
+        if any(part == ".." for part in text.split("/")):
+            self.fail(path, f"{text!r} leaves the model volume (`..`); name a directory inside it")
+            return None
+        return text
+
+
+def parse_spec(raw: Mapping[str, Any] | None) -> RolloutSpec:
+    """A checked RolloutSpec, or InvalidSpec listing every problem found."""
+    check = _Checker()
+    spec = check.mapping(raw, "spec")
+    model = _parse_model(check, spec.get("model"))
+    volume = check.mapping(spec.get("modelVolume"), "spec.modelVolume")
+    if "modelVolume" in spec and isinstance(spec.get("modelVolume"), Mapping) and not volume:
+        check.fail("spec.modelVolume", "is empty; give a volume source, e.g. persistentVolumeClaim: {claimName: asr-models}")
+    server = _parse_server(check, spec.get("server"))
+    traffic = _parse_traffic(check, spec.get("traffic"))
+    strategy = _parse_strategy(check, spec.get("strategy"))
+    analysis = _parse_analysis(check, spec.get("analysis"))
+    rollback = _parse_rollback(check, spec.get("rollback"))
+
+    automatic = not any(step.is_manual_pause for step in strategy.steps)
+    if automatic and (analysis is None or not analysis.metrics):
+        check.fail(
+            "spec.analysis.metrics",
+            "an automatic rollout (no `pause: {}` step) needs at least one analysis metric; "
+            "add e.g. {name: error-rate, max: 0.01} or a manual `pause: {}` step",
+        )
+    if analysis is not None and analysis.metrics and not any((step.set_weight or 0) > 0 for step in strategy.steps):
+        check.fail("spec.strategy.steps", "no step sends traffic to the canary (setWeight above 0), so the "
+                                          "analysis could never measure it; add e.g. {setWeight: 10}")
+    if check.problems or model is None or server is None or traffic is None:
+        raise InvalidSpec(check.problems or ["spec: could not be read"])
+    return RolloutSpec(
+        model=model,
+        model_volume=dict(volume),
+        server=server,
+        traffic=traffic,
+        strategy=strategy,
+        analysis=analysis,
+        rollback=rollback,
+        fingerprint=spec_fingerprint(spec),
+    )
+
+
+def spec_fingerprint(raw: Mapping[str, Any] | None) -> str:
+    canonical = json.dumps(raw or {}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _parse_model(check: _Checker, raw: Any) -> ModelRef | None:
+    model = check.mapping(raw, "spec.model")
+    if not model:
+        return None
+    name = check.string(model.get("name"), "spec.model.name", _DNS_LABEL,
+                        "use lowercase letters, digits and '-', at most 63 characters")
+    version = check.string(model.get("version"), "spec.model.version", _LABEL_VALUE,
+                           "use letters, digits, '.', '_', '-', at most 63 characters, "
+                           "starting and ending with a letter or digit")
+    path = check.model_path(model.get("path"), "spec.model.path", required=True)
+    vad_path = check.model_path(model.get("vadPath"), "spec.model.vadPath", required=False)
+    sha256 = check.string(model.get("sha256"), "spec.model.sha256", _SHA256,
+                          "write the 64 lowercase hex digits of the MANIFEST.sha256 digest",
+                          required=False)
+    options = check.mapping(model.get("options"), "spec.model.options", required=False)
+    if name is None or version is None or path is None:
+        return None
+    return ModelRef(name=name, version=version, path=path, sha256=sha256, vad_path=vad_path,
+                    options=dict(options))
+
+
+def _parse_server(check: _Checker, raw: Any) -> ServerSpec | None:
+    server = check.mapping(raw, "spec.server")
+    if not server:
+        return None
+    image = check.string(server.get("image"), "spec.server.image")
+    replicas = check.integer(server.get("replicas"), "spec.server.replicas", default=2, minimum=1)
+    resources = check.mapping(server.get("resources"), "spec.server.resources", required=False)
+    env_raw = server.get("env") or []
+    env: list[Mapping[str, Any]] = []
+    if not isinstance(env_raw, list):
+        check.fail("spec.server.env", "must be a list of {name, value} objects")
+    else:
+        for index, item in enumerate(env_raw):
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+                check.fail(f"spec.server.env[{index}]", "must be an object with a `name`")
+            else:
+                env.append(dict(item))
+    if image is None:
+        return None
+    return ServerSpec(image=image, replicas=replicas, resources=dict(resources), env=tuple(env))
+
+
+def _parse_traffic(check: _Checker, raw: Any) -> TrafficSpec | None:
+    traffic = check.mapping(raw, "spec.traffic")
+    if not traffic:
+        return None
+    chosen = [key for key in ("gatewayAPI", "replicaRatio") if traffic.get(key) is not None]
+    unknown = sorted(set(traffic) - {"gatewayAPI", "replicaRatio"})
+    if unknown:
+        check.fail("spec.traffic", f"unknown router {', '.join(unknown)}; use gatewayAPI or replicaRatio")
+        return None
+    if len(chosen) != 1:
+        check.fail("spec.traffic", "set exactly one of gatewayAPI: {httpRoute: NAME} or replicaRatio: {}")
+        return None
+    if chosen[0] == "replicaRatio":
+        check.mapping(traffic.get("replicaRatio"), "spec.traffic.replicaRatio")
+        return TrafficSpec(provider="replicaRatio")
+    gateway = check.mapping(traffic.get("gatewayAPI"), "spec.traffic.gatewayAPI")
+    route = check.string(gateway.get("httpRoute"), "spec.traffic.gatewayAPI.httpRoute", _DNS_SUBDOMAIN,
+                         "name an HTTPRoute in the rollout's namespace")
+    return TrafficSpec(provider="gatewayAPI", http_route=route) if route else None
+
+
+def _parse_strategy(check: _Checker, raw: Any) -> StrategySpec:
+    strategy = check.mapping(raw, "spec.strategy")
+    steps_raw = strategy.get("steps")
+    steps: list[Step] = []
+    if strategy and not isinstance(steps_raw, list):
+        check.fail("spec.strategy.steps", "is required: a list like [{setWeight: 10}, {pause: {duration: 1m}}]")
+    elif isinstance(steps_raw, list):
+        if not steps_raw:
+            check.fail("spec.strategy.steps", "is empty; add at least one step, e.g. {setWeight: 100}")
+        for index, item in enumerate(steps_raw):
+            path = f"spec.strategy.steps[{index}]"
+            if not isinstance(item, Mapping) or len(item) != 1:
+                check.fail(path, "must have exactly one key: setWeight or pause")
+                continue
+            (key, value), = item.items()
+            if key == "setWeight":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    check.fail(f"{path}.setWeight", f"must be an integer 0..100, got {value!r}")
+                elif value > 100:
+                    check.fail(f"{path}.setWeight", f"{value} is over 100; use 0..100")
+                elif value < 0:
+                    check.fail(f"{path}.setWeight", f"{value} is under 0; use 0..100")
+                else:
+                    steps.append(Step(set_weight=value))
+            elif key == "pause":
+                pause = check.mapping(value if value is not None else {}, f"{path}.pause")
+                if pause.get("duration") is None:
+                    steps.append(Step(pause=True))
+                else:
+                    seconds = check.duration(pause.get("duration"), f"{path}.pause.duration", "0s")
+                    steps.append(Step(pause=True, pause_seconds=seconds))
+            else:
+                check.fail(path, f"unknown step {key!r}; use setWeight or pause")
+    deadline = check.integer(strategy.get("progressDeadlineSeconds"),
+                             "spec.strategy.progressDeadlineSeconds", default=600, minimum=1)
+    return StrategySpec(steps=tuple(steps), progress_deadline_seconds=float(deadline))
+
+
+def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
+    if raw is None:
+        return None
+    analysis = check.mapping(raw, "spec.analysis")
+    metrics_raw = analysis.get("metrics") or []
+    metrics: list[MetricSpec] = []
+    seen: dict[str, int] = {}
+    if not isinstance(metrics_raw, list):
+        check.fail("spec.analysis.metrics", "must be a list of {name, max|min} objects")
+        metrics_raw = []
+    for index, item in enumerate(metrics_raw):
+        path = f"spec.analysis.metrics[{index}]"
+        if not isinstance(item, Mapping):
+            check.fail(path, "must be an object like {name: error-rate, max: 0.01}")
+            continue
+        metric = _parse_metric(check, item, path)
+        if metric is None:
+            continue
+        seen[metric.name] = seen.get(metric.name, 0) + 1
+        if seen[metric.name] > 1:
+            metric = MetricSpec(name=f"{metric.name}#{seen[metric.name]}", kind=metric.kind,
+                                max=metric.max, min=metric.min, query=metric.query)
+        metrics.append(metric)
+
+    prometheus = check.mapping(analysis.get("prometheus"), "spec.analysis.prometheus", required=bool(metrics))
+    address = check.string(prometheus.get("address"), "spec.analysis.prometheus.address",
+                           re.compile(r"^https?://[^\s/]+"), "write an http(s) URL, e.g. http://prometheus.monitoring:9090",
+                           required=bool(metrics))
+    return AnalysisSpec(
+        prometheus_address=(address or "").rstrip("/"),
+        interval_seconds=check.duration(analysis.get("interval"), "spec.analysis.interval", "30s", 0.1),
+        failure_limit=check.integer(analysis.get("failureLimit"), "spec.analysis.failureLimit", 2, 1),
+        inconclusive_limit=check.integer(analysis.get("inconclusiveLimit"), "spec.analysis.inconclusiveLimit", 3, 1),
+        error_limit=check.integer(analysis.get("errorLimit"), "spec.analysis.errorLimit", 3, 1),
+        min_requests=check.integer(analysis.get("minRequests"), "spec.analysis.minRequests", 20, 0),
+        window_seconds=check.duration(analysis.get("window"), "spec.analysis.window", "1m", 1.0),
+        metrics=tuple(metrics),
+    )
+
+
+def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:
+    name = item.get("name")
+    known = (*queries.BUILTIN_METRICS, queries.CUSTOM_METRIC)
+    if name in queries.PENDING_METRICS:
+        check.fail(f"{path}.name", f"{name!r} is not implemented by this operator version yet; "
+                                   f"remove it or use one of {', '.join(known)}")
+        return None
+    if name not in known:
+        check.fail(f"{path}.name", f"unknown metric {name!r}; use one of {', '.join(known)}")
+        return None
+    maximum = check.number(item.get("max"), f"{path}.max")
+    minimum = check.number(item.get("min"), f"{path}.min")
+    if item.get("max") is None and item.get("min") is None:
+        check.fail(path, "needs a threshold: max, min or both")
+    if maximum is not None and minimum is not None and minimum > maximum:
+        check.fail(path, f"min {minimum:g} is over max {maximum:g}")
+    query = item.get("query")
+    if name == queries.CUSTOM_METRIC:
+        text = check.string(query, f"{path}.query")
+        if text is not None:
+            for problem in queries.check_custom_template(text):
+                check.fail(f"{path}.query", problem)
+    elif query is not None:
+        check.fail(f"{path}.query", f"only `custom` metrics take a query; {name} has a built-in one")
+    return MetricSpec(name=str(name), kind=str(name), max=maximum, min=minimum,
+                      query=query if name == queries.CUSTOM_METRIC else None)
+
+
+def _parse_rollback(check: _Checker, raw: Any) -> RollbackSpec:
+    rollback = check.mapping(raw, "spec.rollback", required=False)
+    on_alert = rollback.get("onAlert", True)
+    if not isinstance(on_alert, bool):
+        check.fail("spec.rollback.onAlert", f"must be true or false, got {on_alert!r}")
+        on_alert = True
+    window = check.duration(rollback.get("postPromotionWindow"), "spec.rollback.postPromotionWindow", "10m")
+    return RollbackSpec(on_alert=on_alert, post_promotion_window_seconds=window)

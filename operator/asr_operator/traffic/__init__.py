@@ -1,0 +1,1 @@
+"""Traffic routing between the stable and canary tracks: one interface, one module per provider."""

@@ -1,0 +1,202 @@
+"""`make bench-server`: measure the inference server side by side with the things it wraps.
+
+Prints one JSON object per line: {"bench": NAME, "value": NUMBER, "target": TEXT}, plus a few
+extra lines with the raw numbers behind each ratio. Runs a real server process on 127.0.0.1
+(tiny Paraformer from `make assets`), a direct FunASR AutoModel in this process, and real
+concurrent HTTP clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from asr_sandbox import ConfigMapDir, ServerProcess, model_config
+from asr_sandbox.assets import build_all
+
+CLIENTS = 8
+
+
+def emit(name: str, value: float, target: str, **extra: Any) -> None:
+    print(json.dumps({"bench": name, "value": round(value, 4), "target": target, **extra}), flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def form(data: bytes) -> aiohttp.FormData:
+    f = aiohttp.FormData(default_to_multipart=True)
+    f.add_field("file", data, filename="clip.wav", content_type="audio/wav")
+    f.add_field("model", "paraformer-tiny")
+    return f
+
+
+async def timed_post(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, float, str | None]:
+    started = time.perf_counter()
+    try:
+        async with session.post(url + "/v1/audio/transcriptions", data=form(data)) as r:
+            await r.read()
+            return r.status, time.perf_counter() - started, r.headers.get("X-Model-Version")
+    except aiohttp.ClientError:
+        return 0, time.perf_counter() - started, None
+
+
+async def overhead(server: ServerProcess, model_dir: Path, wav: bytes, samples: np.ndarray, runs: int) -> None:
+    """HTTP round trip of the 10 s clip vs FunASR's generate on it, interleaved in one run."""
+    from funasr import AutoModel
+
+    direct = AutoModel(model=str(model_dir), disable_update=True, disable_pbar=True, disable_log=True,
+                       device="cpu", ncpu=2)  # the server's default ncpu too
+    direct_s: list[float] = []
+    http_s: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # warm both paths
+            direct.generate(input=samples)
+            await timed_post(session, server.url, wav)
+        for _ in range(runs):
+            t = time.perf_counter()
+            direct.generate(input=samples)
+            direct_s.append(time.perf_counter() - t)
+            status, seconds, _ = await timed_post(session, server.url, wav)
+            assert status == 200, status
+            http_s.append(seconds)
+    del direct
+    d50, h50 = statistics.median(direct_s), statistics.median(http_s)
+    emit("server_overhead_ratio", h50 / d50, "<= 1.10", http_p50_s=round(h50, 4), direct_p50_s=round(d50, 4),
+         runs=runs, clip_s=10.0)
+
+
+async def load_phase(server: ServerProcess, wav: bytes, duration_s: float | None,
+                     swap: Any = None) -> tuple[list[float], int, int]:
+    """CLIENTS concurrent clients; for `duration_s`, or while the async `swap` coroutine runs."""
+    latencies: list[float] = []
+    failures = 0
+    total = 0
+    stop = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal failures, total
+        while not stop.is_set():
+            status, seconds, _ = await timed_post(session, server.url, wav)
+            total += 1
+            if status != 200:
+                failures += 1
+            latencies.append(seconds)
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(client(session)) for _ in range(CLIENTS)]
+        if swap is not None:
+            await swap
+        else:
+            assert duration_s is not None
+            await asyncio.sleep(duration_s)
+        stop.set()
+        await asyncio.gather(*tasks)
+    return latencies, failures, total
+
+
+async def swaps(server: ServerProcess, cm: ConfigMapDir, count: int, times: list[float], start_index: int = 0) -> None:
+    for i in range(start_index, start_index + count):
+        version = "v2" if i % 2 == 0 else "v1"
+        started = time.perf_counter()
+        cm.swap(model_config(version, vad=False))
+        await asyncio.to_thread(server.wait_serving, version)
+        times.append(time.perf_counter() - started)
+        await asyncio.sleep(0.3)
+
+
+async def main_async(assets: Path, runs: int) -> int:
+    build_all(assets)
+    models_root = assets / "models"
+    wav = (assets / "audio" / "ten_seconds.wav").read_bytes()
+    import soundfile as sf
+
+    samples, _ = sf.read(str(assets / "audio" / "ten_seconds.wav"), dtype="float32")
+    short = (assets / "audio" / "short.wav").read_bytes()
+
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp_name:
+        tmp = Path(tmp_name)
+        cm = ConfigMapDir(tmp / "configmap")
+        # ASR only: the direct baseline is one generate() on the clip; the server does the same work.
+        cm.swap(model_config("v1", vad=False))
+        restart_s: list[float] = []
+        for attempt in range(2):  # a fresh process to ready, twice (the second one with warm disk caches)
+            t = time.perf_counter()
+            probe = ServerProcess(cm.path, models_root, tmp / f"restart{attempt}.log")
+            probe.start()
+            restart_s.append(time.perf_counter() - t)
+            probe.stop()
+
+        server = ServerProcess(cm.path, models_root, tmp / "server.log", extra_args=["--watch-interval", "0.05"])
+        server.start()
+        try:
+            assert server.proc is not None
+            await overhead(server, models_root / "paraformer-tiny" / "v1", wav, samples, runs)
+
+            steady, steady_fail, steady_total = await load_phase(server, short, duration_s=15.0)
+            rss_first = rss_bytes(server.proc.pid)
+
+            swap_s: list[float] = []
+            during, failed, total = await load_phase(server, short, None, swaps(server, cm, 20, swap_s))
+            restart = min(restart_s)
+            emit("swap_vs_restart_ratio", statistics.median(swap_s) / restart, "<= 0.2",
+                 swap_median_s=round(statistics.median(swap_s), 4), swap_max_s=round(max(swap_s), 4),
+                 restart_s=round(restart, 3))
+            emit("failed_requests_during_swaps", failed, "0", requests=total, swaps=20, clients=CLIENTS)
+            emit("p99_during_swaps_ratio", percentile(during, 99) / percentile(steady, 99), "<= 2.0",
+                 p99_during_s=round(percentile(during, 99), 4), p99_steady_s=round(percentile(steady, 99), 4),
+                 steady_requests=steady_total, steady_failed=steady_fail)
+
+            more: list[float] = []
+            await swaps(server, cm, 30, more, start_index=20)
+            # let the last replaced version be released, as a pod would between promotions
+            await asyncio.sleep(1.0)
+            rss_after = rss_bytes(server.proc.pid)
+            emit("rss_after_50_swaps_ratio", rss_after / rss_first, "<= 1.05",
+                 rss_first_mib=round(rss_first / 2**20, 1), rss_after_50_mib=round(rss_after / 2**20, 1))
+        finally:
+            server.stop()
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        print("gpu_memory_after_unload: skipped, no CUDA device on this machine", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Inference server benchmark (JSON lines on stdout)")
+    parser.add_argument("--assets", type=Path, default=Path(".assets"))
+    parser.add_argument("--runs", type=int, default=40, help="requests for the overhead ratio")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ASR_LOG_LEVEL", "WARNING")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    return asyncio.run(main_async(args.assets, args.runs))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

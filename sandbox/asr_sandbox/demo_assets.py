@@ -1,0 +1,169 @@
+"""The bad model versions the demo story rolls out: real FunASR model directories, each one
+failing in its own way, built with the asset builder's own Paraformer recipe.
+
+    python -m asr_sandbox.demo_assets --out .assets
+
+    models/paraformer-tiny/broken/   loads, verifies and warms up, then answers real speech with a
+                                     500: its token list holds numbers where characters belong,
+                                     and its predictor is tuned to emit no token for a clip as
+                                     short as the server's 2 s warm-up clip but at least one for
+                                     a 5 s+ request, so decoding (`"".join(tokens)`) raises
+                                     TypeError only under traffic -> caught by the error rate
+    models/paraformer-tiny/slow/     a correct model, but with a much wider and deeper encoder
+                                     and no frame-rate reduction -> caught by p99 latency
+    models/paraformer-tiny/corrupt/  (from asr_sandbox.assets) fails verification, never ready
+                                     -> caught by the progress deadline
+
+Why such a construction for `broken`: a version that fails its warm-up is simply never ready
+(that is the corrupt case); the error-rate guard needs a version that becomes ready and then
+fails requests. A token list that is merely *shorter* than the output layer does not fail:
+FunASR sizes the model by the token list and re-initialises the mismatched layer.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from asr_sandbox import assets
+from inference_server.manifest import IntegrityError, verify_dir, write_manifest
+
+log = logging.getLogger("asr_sandbox.demo_assets")
+
+# Bump when a recipe below changes: directories built by an older recipe are rebuilt.
+RECIPE_VERSION = 2
+MODEL_NAME = "paraformer-tiny"
+
+# `broken`: constant per-frame CIF weight. With 60 ms LFR frames and the 0.45 tail threshold,
+# a 2 s clip (~33 frames) sums to ~0.85 -> 0 tokens; a 5 s clip (~83 frames) to ~1.45 -> 1+.
+BROKEN_ALPHA = 0.012
+BROKEN_TOKEN_ID = 3  # the decoder is biased to this id, whose token-list entry is a number
+
+# `slow`: encoder 8x wider and 8x deeper than v1, and one feature frame per 10 ms instead of 60.
+SLOW_WIDTH = 512
+SLOW_BLOCKS = 16
+
+
+def broken_tokens() -> list[Any]:
+    """v1's vocabulary size and special symbols, but numbers where the characters belong."""
+    tokens: list[Any] = list(assets.PARAFORMER_TOKENS)
+    for index, token in enumerate(tokens):
+        if not (token.startswith("<") and token.endswith(">")):
+            tokens[index] = index
+    return tokens
+
+
+def slow_config() -> dict[str, Any]:
+    cfg = copy.deepcopy(assets.PARAFORMER_CONFIG)
+    cfg["encoder_conf"].update(output_size=SLOW_WIDTH, attention_heads=4, linear_units=4 * SLOW_WIDTH,
+                               num_blocks=SLOW_BLOCKS)
+    cfg["predictor_conf"]["idim"] = SLOW_WIDTH
+    cfg["frontend_conf"]["lfr_n"] = 1  # 6x more frames through the encoder (and attention over them)
+    return cfg
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _tune_broken(model: Any) -> None:
+    import torch
+
+    with torch.no_grad():
+        out = model.predictor.cif_output
+        out.weight.zero_()
+        out.bias.fill_(_logit(BROKEN_ALPHA))
+        layer = model.decoder.output_layer
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.bias[BROKEN_TOKEN_ID] = 10.0
+
+
+def _write_model(target: Path, cfg: dict[str, Any], seed: int, cmvn: str, tokens: list[Any],
+                 tune: Callable[[Any], None] | None = None) -> None:
+    """The builder's Paraformer recipe (asr_sandbox.assets) with a given config and token list."""
+    import torch
+    import yaml
+    from funasr.models.paraformer.model import Paraformer
+
+    torch.manual_seed(seed)
+    model = Paraformer(
+        **cfg["model_conf"],
+        encoder=cfg["encoder"], encoder_conf=cfg["encoder_conf"],
+        decoder=cfg["decoder"], decoder_conf=cfg["decoder_conf"],
+        predictor=cfg["predictor"], predictor_conf=cfg["predictor_conf"],
+        input_size=assets._N_MELS * assets._LFR_M, vocab_size=len(tokens),
+    )
+    if tune is not None:
+        tune(model)
+    torch.save(model.state_dict(), target / "model.pt")
+    (target / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (target / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
+    (target / "configuration.json").write_text(json.dumps(assets.PARAFORMER_CONFIGURATION, indent=2))
+    (target / "am.mvn").write_text(cmvn)
+
+
+def _stamp_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.demo-built"
+
+
+def _up_to_date(final: Path) -> bool:
+    stamp = _stamp_path(final)
+    if not (stamp.is_file() and stamp.read_text().strip() == str(RECIPE_VERSION)):
+        return False
+    try:
+        return verify_dir(final).ok
+    except IntegrityError:
+        return False
+
+
+def _build(final: Path, write: Callable[[Path], None]) -> Path:
+    if _up_to_date(final):
+        return final
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    try:
+        write(tmp)
+        write_manifest(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    _stamp_path(final).write_text(str(RECIPE_VERSION))
+    log.info("built %s", final)
+    return final
+
+
+def build_demo_models(out: Path) -> dict[str, Path]:
+    """The generated assets (asr_sandbox.assets) plus the demo's bad versions. Idempotent."""
+    paths = assets.build_all(out)
+    base = Path(out) / "models" / MODEL_NAME
+    cmvn = assets._paraformer_cmvn(paths["fsmn-vad/v1"])
+    paths[f"{MODEL_NAME}/broken"] = _build(
+        base / "broken", lambda d: _write_model(d, assets.PARAFORMER_CONFIG, 3, cmvn, broken_tokens(), _tune_broken))
+    paths[f"{MODEL_NAME}/slow"] = _build(
+        base / "slow", lambda d: _write_model(d, slow_config(), 4, cmvn, list(assets.PARAFORMER_TOKENS)))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the demo's model versions (idempotent).")
+    parser.add_argument("--out", type=Path, default=Path(".assets"), help="assets directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name, path in build_demo_models(args.out).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""A local node agent: the kubelet and Deployment controller of the sandbox.
+
+It watches (polls) the API emulator's Deployments of one rollout and runs each pod as a real
+`python -m inference_server` process on 127.0.0.1 (a free port per pod):
+- the pod template's args, env and volumes are honoured: the ConfigMap volume becomes a
+  directory laid out as the kubelet lays it out (`model.yaml -> ..data/model.yaml`, `..data`
+  swapped atomically on every ConfigMap change), so promotion and rollback go through the
+  server's real hot-reload path; the models volume becomes the local models directory;
+  `fieldRef` env (namespace, pod name) is filled in as the downward API does;
+- `spec.replicas` is honoured by starting and stopping processes (highest index first; a
+  stopping pod leaves the gateway's endpoints before it gets SIGTERM, as with a real Service);
+- readiness (`GET /readyz`) is reported into the Deployment's `status` through `/status`;
+- every pod's `/metrics` is handed to Prometheus through its file_sd targets file.
+
+A pod process that exits by itself is restarted and counted: `restarts` is what the demo's
+"no pod restarted by a promotion" check reads, together with each pod's process id.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from asr_sandbox import ConfigMapDir
+from asr_sandbox.prometheus_runner import PrometheusRunner
+
+log = logging.getLogger("asr_sandbox.node_agent")
+ROLLOUT_LABEL = "asr.rollout.dev/rollout"
+TRACK_LABEL = "asr.rollout.dev/track"
+_LISTEN = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod: str
+    track: str
+    url: str
+
+
+@dataclass
+class PodProcess:
+    """One pod: its process, its ConfigMap directory and what the agent knows about it."""
+
+    name: str
+    deployment: str
+    track: str
+    workdir: Path
+    config_dir: ConfigMapDir
+    proc: subprocess.Popen[bytes] | None = None
+    port: int | None = None
+    ready: bool = False
+    terminating: bool = False
+    starts: int = 0
+    pids: list[int] = field(default_factory=list)
+    config_text: str | None = None
+    # One log per process, never appended to: the port is read from the current process's log.
+    log_path: Path = Path("/dev/null")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def resolve_env(template_env: list[dict[str, Any]], namespace: str, pod: str) -> dict[str, str]:
+    """Container env as the kubelet sets it: plain values, and the downward API's
+    `metadata.namespace` / `metadata.name` field references (the only ones the operator uses)."""
+    fields = {"metadata.namespace": namespace, "metadata.name": pod}
+    env: dict[str, str] = {}
+    for item in template_env:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:
+            path = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+            if path not in fields:
+                raise ValueError(f"env {item.get('name')}: only fieldRef {sorted(fields)} is supported "
+                                 f"by the sandbox node agent, got {item.get('valueFrom')!r}")
+            env[item["name"]] = fields[path]
+    return env
+
+
+def map_args(args: list[str], mounts: dict[str, Path]) -> list[str]:
+    """Rewrite container paths under a volume's mountPath to the local directory serving it."""
+    mapped = []
+    for arg in args:
+        for mount_path, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+            if arg == mount_path or arg.startswith(mount_path.rstrip("/") + "/"):
+                arg = str(local) + arg[len(mount_path.rstrip("/")):]
+                break
+        mapped.append(arg)
+    return mapped
+
+
+def deployment_status(deployment: dict[str, Any], pods: list[PodProcess]) -> dict[str, Any]:
+    """The status a Deployment controller would report for these pods."""
+    live = [p for p in pods if not p.terminating]
+    ready = sum(1 for p in live if p.ready)
+    return {
+        "observedGeneration": (deployment.get("metadata") or {}).get("generation"),
+        "replicas": len(live),
+        "updatedReplicas": len(live),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+    }
+
+
+class NodeAgent:
+    """Runs the pods of rollout `rollout` in `namespace`. `start()` runs the loop in a thread."""
+
+    def __init__(self, api_url: str, namespace: str, rollout: str, models_root: Path, workdir: Path,
+                 prometheus: PrometheusRunner | None = None, poll_s: float = 0.3,
+                 extra_server_args: list[str] | None = None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.namespace = namespace
+        self.rollout = rollout
+        self.models_root = Path(models_root).resolve()
+        self.workdir = Path(workdir)
+        self.prometheus = prometheus
+        self.poll_s = poll_s
+        self.extra_server_args = extra_server_args or []
+        self.pods: dict[str, PodProcess] = {}
+        self.restarts: dict[str, int] = {}
+        self.operator_target: str | None = None
+        self._endpoints: tuple[Endpoint, ...] = ()
+        self._session = requests.Session()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="node-agent", daemon=True)
+        self._stoppers: list[threading.Thread] = []
+        self._last_status: dict[str, dict[str, Any]] = {}
+        self._last_targets: list[tuple[str, dict[str, str]]] | None = None
+        self.errors = 0
+        self._spawned = 0
+
+    # --- what others read ---------------------------------------------------------------
+
+    def endpoints(self, track: str | None = None) -> list[Endpoint]:
+        """Ready, not-terminating pods (a Service's endpoints)."""
+        return [e for e in self._endpoints if track is None or e.track == track]
+
+    def pod_pids(self) -> dict[str, list[int]]:
+        return {name: list(pod.pids) for name, pod in self.pods.items()}
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def start(self) -> "NodeAgent":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+            except requests.RequestException as error:
+                self.errors += 1
+                log.debug("node agent: API unreachable: %s", error)
+            except Exception:  # keep the node alive; the log says what went wrong
+                self.errors += 1
+                log.exception("node agent sync failed")
+            self._stop.wait(self.poll_s)
+
+    def _get(self, path: str) -> dict[str, Any]:
+        response = self._session.get(self.api_url + path, timeout=5)
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    def sync_once(self) -> None:
+        deployments = [d for d in self._get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments")["items"]
+                       if (d["metadata"].get("labels") or {}).get(ROLLOUT_LABEL) == self.rollout]
+        configmaps = {c["metadata"]["name"]: c
+                      for c in self._get(f"/api/v1/namespaces/{self.namespace}/configmaps")["items"]}
+        for deployment in deployments:
+            self._reconcile(deployment, configmaps)
+        wanted = {d["metadata"]["name"] for d in deployments}
+        for name, pod in list(self.pods.items()):  # a deleted Deployment takes its pods along
+            if pod.deployment not in wanted and not pod.terminating:
+                self._terminate(pod)
+        self._probe()
+        for deployment in deployments:
+            self._report(deployment)
+        self._publish()
+
+    def _reconcile(self, deployment: dict[str, Any], configmaps: dict[str, dict[str, Any]]) -> None:
+        name = deployment["metadata"]["name"]
+        replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+        template = deployment["spec"]["template"]
+        track = (template["metadata"].get("labels") or {}).get(TRACK_LABEL, "")
+        container = template["spec"]["containers"][0]
+        volumes = {v["name"]: v for v in template["spec"].get("volumes") or []}
+        current = sorted((p for p in list(self.pods.values()) if p.deployment == name and not p.terminating),
+                         key=lambda p: p.name)
+        for index in range(replicas):
+            pod_name = f"{name}-{index}"
+            if pod_name not in self.pods or self.pods[pod_name].terminating:
+                if pod_name in self.pods:
+                    continue  # the previous pod of that name is still draining
+                workdir = self.workdir / pod_name
+                workdir.mkdir(parents=True, exist_ok=True)
+                self.pods[pod_name] = PodProcess(pod_name, name, track, workdir,
+                                                 ConfigMapDir(workdir / "model-config"))
+        for pod in current[replicas:]:
+            self._terminate(pod)
+        for index in range(replicas):
+            pod = self.pods.get(f"{name}-{index}")
+            if pod is None or pod.terminating:
+                continue
+            text = self._configmap_text(volumes, configmaps)
+            if text is not None and text != pod.config_text:
+                pod.config_dir.swap(yaml.safe_load(text))  # the kubelet's atomic ..data swap
+                pod.config_text = text
+            if pod.config_text is None:
+                continue  # a pod whose ConfigMap does not exist yet waits (ContainerCreating)
+            if pod.proc is None or pod.proc.poll() is not None:
+                if pod.proc is not None:
+                    self.restarts[pod.name] = self.restarts.get(pod.name, 0) + 1
+                    log.warning("pod %s exited with %s; restarting", pod.name, pod.proc.returncode)
+                self._spawn(pod, container, volumes)
+
+    @staticmethod
+    def _configmap_text(volumes: dict[str, Any], configmaps: dict[str, dict[str, Any]]) -> str | None:
+        for volume in volumes.values():
+            if "configMap" in volume:
+                cm = configmaps.get(volume["configMap"]["name"])
+                if cm is not None:
+                    return str((cm.get("data") or {}).get("model.yaml") or "") or None
+        return None
+
+    def _spawn(self, pod: PodProcess, container: dict[str, Any], volumes: dict[str, Any]) -> None:
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"]) or {}
+            mounts[mount["mountPath"]] = pod.config_dir.root if "configMap" in volume else self.models_root
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   **resolve_env(container.get("env") or [], self.namespace, pod.name))
+        argv = [sys.executable, "-m", "inference_server", *map_args(list(container.get("args") or []), mounts),
+                "--host", "127.0.0.1", "--port", "0", *self.extra_server_args]
+        pod.starts += 1
+        self._spawned += 1
+        pod.log_path = pod.workdir / f"server-{self._spawned}.log"
+        with pod.log_path.open("ab") as log_file:
+            pod.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        pod.port, pod.ready = None, False
+        pod.pids.append(pod.proc.pid)
+        log.info("pod %s started (pid %d)", pod.name, pod.proc.pid)
+
+    def _terminate(self, pod: PodProcess) -> None:
+        """Out of the endpoints first, then SIGTERM after a moment (endpoint propagation)."""
+        pod.terminating = True
+        pod.ready = False
+
+        def stop() -> None:
+            time.sleep(1.0)
+            if pod.proc is not None and pod.proc.poll() is None:
+                os.killpg(pod.proc.pid, signal.SIGTERM)
+                try:
+                    pod.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(pod.proc.pid, signal.SIGKILL)
+                    pod.proc.wait()
+            if self.pods.get(pod.name) is pod:
+                del self.pods[pod.name]
+
+        thread = threading.Thread(target=stop, name=f"stop-{pod.name}", daemon=True)
+        self._stoppers.append(thread)
+        thread.start()
+
+    def _probe(self) -> None:
+        for pod in list(self.pods.values()):
+            if pod.terminating or pod.proc is None:
+                continue
+            if pod.proc.poll() is not None:
+                pod.ready = False
+                continue
+            if pod.port is None:
+                match = _LISTEN.search(pod.log_path.read_text(errors="replace"))
+                if match is None:
+                    continue
+                pod.port = int(match.group(1))
+            try:
+                pod.ready = self._session.get(pod.url + "/readyz", timeout=1).status_code == 200
+            except requests.RequestException:
+                pod.ready = False
+
+    def _report(self, deployment: dict[str, Any]) -> None:
+        name = deployment["metadata"]["name"]
+        status = deployment_status(deployment, [p for p in list(self.pods.values()) if p.deployment == name])
+        live = deployment.get("status") or {}
+        if all(live.get(k) == v for k, v in status.items()) and self._last_status.get(name) == status:
+            return
+        response = self._session.patch(
+            f"{self.api_url}/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status",
+            json={"status": status}, headers={"Content-Type": "application/merge-patch+json"}, timeout=5)
+        response.raise_for_status()
+        self._last_status[name] = status
+
+    def _publish(self) -> None:
+        self._endpoints = tuple(Endpoint(p.name, p.track, p.url) for p in sorted(list(self.pods.values()), key=lambda p: p.name)
+                                if p.ready and not p.terminating and p.port is not None)
+        if self.prometheus is None:
+            return
+        targets = [(f"127.0.0.1:{p.port}", {"sandbox_pod": p.name}) for p in list(self.pods.values())
+                   if p.port is not None and not p.terminating]
+        if targets != self._last_targets:
+            self.prometheus.set_targets("asr-pods", targets)
+            self._last_targets = targets
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        for pod in list(self.pods.values()):
+            if not pod.terminating:
+                self._terminate(pod)
+        for thread in self._stoppers:
+            thread.join(40)
+
+    def __enter__(self) -> "NodeAgent":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,183 @@
+"""The demo story as data: which model version each scenario rolls out, which guard must catch
+it, and how to tell from the rollout's status that it ended as expected. Pure: no I/O.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+NAMESPACE = "asr-demo"
+ROLLOUT = "asr-demo"
+MODEL_NAME = "paraformer-tiny"
+VAD_PATH = "fsmn-vad/v1"
+# One torch thread per pod: several pods (and Prometheus, the operator) share two CPU cores.
+MODEL_OPTIONS = {"ncpu": 1}
+
+PROMOTED = "Promoted"
+ROLLED_BACK = "RolledBack"
+REVERTED = "Reverted"  # an alert after a promotion put the previous version back on stable
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Small settings that keep the whole story at about five minutes."""
+
+    interval: str = "5s"
+    failure_limit: int = 2
+    inconclusive_limit: int = 8
+    min_requests: int = 3
+    window: str = "10s"
+    progress_deadline_s: int = 60  # a pod starts in ~10 s idle, 30 s+ on a busy 2-core machine
+    max_error_rate: float = 0.05
+    max_p99_latency_s: float = 2.5  # good versions answer in ~0.1 s idle; slack for a busy machine
+    replicas: int = 1
+    steps: tuple[dict[str, Any], ...] = (
+        {"setWeight": 25}, {"pause": {"duration": "5s"}},
+        {"setWeight": 50}, {"pause": {"duration": "5s"}},
+        {"setWeight": 100},
+    )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    version: str  # spec.model.version
+    directory: str  # the version directory under models/paraformer-tiny/
+    expect: str  # PROMOTED | ROLLED_BACK | REVERTED
+    guard: str  # what must catch it (shown in the summary)
+    reason: str = ""  # status condition reason the guard leaves (rolled-back scenarios)
+    metric: str = ""  # the analysis metric that must have failed, if any
+    vad: bool = True
+    bad: bool = False  # its requests may fail (counted, reported, allowed)
+    alert: bool = False  # after promotion, an Alertmanager alert fires
+
+    @property
+    def path(self) -> str:
+        return f"{MODEL_NAME}/{self.directory}"
+
+
+FIRST = Scenario("v1", "v1 serving", "v1", "v1", PROMOTED, "first version")
+
+STORY: tuple[Scenario, ...] = (
+    Scenario("good", "v2: a good version", "v2", "v2", PROMOTED, "analysis passes, hot reload"),
+    Scenario("corrupt", "v3-corrupt: files fail verification", "v3-corrupt", "corrupt", ROLLED_BACK,
+             "progress deadline", reason="ProgressDeadlineExceeded", bad=True),
+    # No VAD for this one: its decoding bug fires on requests of 5 s and more, and the VAD would
+    # cut the demo clips into shorter pieces (see asr_sandbox.demo_assets).
+    Scenario("errors", "v3-broken: errors on requests", "v3-broken", "broken", ROLLED_BACK, "error rate",
+             reason="AnalysisFailed", metric="error-rate", vad=False, bad=True),
+    Scenario("slow", "v3-slow: slow answers", "v3-slow", "slow", ROLLED_BACK, "p99 latency",
+             reason="AnalysisFailed", metric="p99-latency-seconds", bad=True),
+    Scenario("alert", "v3: promoted, then an alert fires", "v3", "v2-same", REVERTED, "alert after promotion",
+             reason="Reverted", alert=True),
+)
+
+SHORT_STORY: tuple[Scenario, ...] = (STORY[0], STORY[2])  # the end-to-end test and the benchmark
+
+
+def model_spec(scenario: Scenario, digest: str | None) -> dict[str, Any]:
+    """`spec.model` for a scenario. Absent fields are None, so that as a JSON merge patch it also
+    removes what the previous version had (e.g. `vadPath`)."""
+    return {"name": MODEL_NAME, "version": scenario.version, "path": scenario.path, "sha256": digest,
+            "vadPath": VAD_PATH if scenario.vad else None, "options": dict(MODEL_OPTIONS)}
+
+
+def without_nulls(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def rollout_manifest(first: Scenario, digest: str | None, prometheus_url: str,
+                     settings: DemoSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "asr.rollout.dev/v1alpha1",
+        "kind": "ASRModelRollout",
+        "metadata": {"name": ROLLOUT, "namespace": NAMESPACE},
+        "spec": {
+            "model": without_nulls(model_spec(first, digest)),
+            # The sandbox's node agent maps this volume to the local models directory.
+            "modelVolume": {"hostPath": {"path": "/models", "type": "Directory"}},
+            "server": {"image": "asr-inference-server:sandbox", "replicas": settings.replicas},
+            "traffic": {"gatewayAPI": {"httpRoute": ROLLOUT}},
+            "strategy": {"steps": [dict(step) for step in settings.steps],
+                         "progressDeadlineSeconds": settings.progress_deadline_s},
+            "analysis": {
+                "prometheus": {"address": prometheus_url},
+                "interval": settings.interval,
+                "failureLimit": settings.failure_limit,
+                "inconclusiveLimit": settings.inconclusive_limit,
+                "minRequests": settings.min_requests,
+                "window": settings.window,
+                "metrics": [
+                    {"name": "error-rate", "max": settings.max_error_rate},
+                    {"name": "p99-latency-seconds", "max": settings.max_p99_latency_s},
+                ],
+            },
+            "rollback": {"onAlert": True, "postPromotionWindow": "10m"},
+        },
+    }
+
+
+def http_route_manifest() -> dict[str, Any]:
+    """The route the gateway serves; the operator writes only its backendRef weights."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": ROLLOUT, "namespace": NAMESPACE},
+        "spec": {
+            "parentRefs": [{"name": "sandbox-gateway"}],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                       "backendRefs": [{"name": f"{ROLLOUT}-stable", "port": 8000, "weight": 100}]}],
+        },
+    }
+
+
+def alert_payload(version: str, fingerprint: str, starts_at: str) -> dict[str, Any]:
+    """An Alertmanager webhook payload (version 4) naming the demo rollout."""
+    labels = {"alertname": "ASRHighErrorRate", "severity": "critical", "namespace": NAMESPACE,
+              "rollout": ROLLOUT, "version": version}
+    return {
+        "version": "4", "status": "firing", "receiver": "asr-rollout", "groupKey": "{}:{alertname=\"ASRHighErrorRate\"}",
+        "groupLabels": {"alertname": "ASRHighErrorRate"}, "commonLabels": labels, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local",
+        "alerts": [{"status": "firing", "labels": labels,
+                    "annotations": {"summary": f"error rate of {version} over 5% after its promotion"},
+                    "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fingerprint,
+                    "generatorURL": "http://prometheus.local/graph"}],
+    }
+
+
+# --- judging a scenario's end from the rollout's status ---------------------------------------
+
+def is_settled(scenario: Scenario, status: Mapping[str, Any], before_history: int) -> bool:
+    """Whether the rollout reached a resting phase for this scenario (not necessarily the
+    expected one): a new history entry and a phase that is not going anywhere by itself."""
+    phase = status.get("phase")
+    grew = len(status.get("history") or []) > before_history
+    if scenario.alert:
+        return grew and phase in ("RolledBack", "Succeeded", "Failed") and (status.get("lastAlert") is not None)
+    return grew and phase in ("Succeeded", "RolledBack", "Failed")
+
+
+def judge(scenario: Scenario, status: Mapping[str, Any], previous_stable: str) -> tuple[bool, str]:
+    """(as expected?, what happened) for a settled scenario."""
+    phase = str(status.get("phase"))
+    stable = str(status.get("stableVersion"))
+    last = (status.get("history") or [{}])[-1]
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    if scenario.expect == PROMOTED:
+        ok = phase == "Succeeded" and stable == scenario.version and last.get("outcome") == "Promoted"
+        return ok, f"{phase}; stable {stable}"
+    if scenario.expect == REVERTED:
+        healthy = conditions.get("Healthy") or {}
+        ok = stable == previous_stable and healthy.get("reason") == scenario.reason
+        return ok, f"{phase}; stable reverted to {stable} ({healthy.get('reason')})"
+    progressing = conditions.get("Progressing") or {}
+    metrics = {m.get("name"): m.get("phase") for m in (status.get("analysis") or {}).get("metrics") or []}
+    ok = (phase == "RolledBack" and stable == previous_stable and progressing.get("reason") == scenario.reason
+          and last.get("outcome") == "RolledBack" and last.get("version") == scenario.version)
+    if scenario.metric:
+        ok = ok and metrics.get(scenario.metric) == "Failed"
+    caught = scenario.metric if scenario.metric else progressing.get("reason")
+    return ok, f"{phase} by {caught}; stable {stable}"

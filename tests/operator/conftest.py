@@ -1,0 +1,46 @@
+"""Fixtures for the operator's CRD and integration tests: the Kubernetes API emulator over real
+HTTP with the ASRModelRollout CRD registered, a kubeconfig pointing at it, a REST client."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.crd_schema import load_crd
+from tests.support.emulator import EmulatorServer, write_kubeconfig
+from tests.support.fake_pods import FakePods
+from tests.support.kube import KubeClient
+from tests.support.prometheus import PrometheusServer
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[EmulatorServer]:
+    """One emulator per test module (tests use their own namespaces to stay independent)."""
+    with EmulatorServer() as server:
+        server.emulator.register_crd(load_crd())
+        yield server
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(api: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", api.url)
+
+
+@pytest.fixture(scope="module")
+def kube(api: EmulatorServer) -> KubeClient:
+    return KubeClient(api.url)
+
+
+@pytest.fixture(scope="module")
+def pods(api: EmulatorServer) -> Iterator[FakePods]:
+    """Fake inference pods (a mock: real GPU pods and a kubelet cannot run here)."""
+    with FakePods(api.url) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def prometheus(pods: FakePods, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus scraping the fake pods every second."""
+    with PrometheusServer(tmp_path_factory.mktemp("prometheus"), [pods.target]) as server:
+        yield server

@@ -1,0 +1,196 @@
+"""The reconciler's I/O (observe -> decide -> act) against the API emulator over real HTTP.
+
+The metric source is an in-memory stand-in set per test (the real Prometheus path is covered by
+tests/operator/test_operator_*.py); everything Kubernetes is the emulator, through a kubeconfig.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kopf
+import pytest
+
+from asr_operator.analysis.prometheus_source import MetricSource, Sample, SourcePool
+from asr_operator.kube import KubeApi
+from asr_operator.reconciler import Reconciler
+from tests.support.emulator import EmulatorServer
+from tests.support.kube import KubeClient
+
+RO = ("asr.rollout.dev/v1alpha1", "asrmodelrollouts")
+
+
+class Metrics(MetricSource):
+    """Stand-in for Prometheus: a request count, an error rate, and the versions stable serves."""
+
+    def __init__(self) -> None:
+        self.requests = 100.0
+        self.error_rate = 0.0
+        self.stable_versions: dict[str, float] = {}
+
+    async def query(self, promql: str) -> list[Sample]:
+        if promql.startswith("count by (version)"):
+            return [({"version": v}, n) for v, n in self.stable_versions.items()]
+        if promql.startswith("sum(increase("):
+            return [({}, self.requests)]
+        if "code=~" in promql:
+            return [({}, self.error_rate)]
+        return [({}, 0.1)]
+
+
+class Pool(SourcePool):
+    def __init__(self, source: MetricSource) -> None:
+        super().__init__()
+        self.source = source
+
+    def get(self, address: str) -> MetricSource:
+        return self.source
+
+
+def manifest(ns: str, name: str, version: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"name": "paraformer-tiny", "version": version, "path": f"paraformer-tiny/{version}"},
+        "modelVolume": {"persistentVolumeClaim": {"claimName": "asr-models"}},
+        "server": {"image": "asr:0.1", "replicas": 2},
+        "traffic": {"gatewayAPI": {"httpRoute": f"{name}-route"}},
+        "strategy": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1h"}}]},
+        "analysis": {"prometheus": {"address": "http://prometheus.invalid:9090"}, "interval": "1s",
+                     "failureLimit": 1, "metrics": [{"name": "error-rate", "max": 0.05}]},
+    }
+    body.update(spec)
+    return {"apiVersion": "asr.rollout.dev/v1alpha1", "kind": "ASRModelRollout",
+            "metadata": {"name": name, "namespace": ns}, "spec": body}
+
+
+def route(ns: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": f"{name}-route", "namespace": ns},
+            "spec": {"rules": [{"backendRefs": [{"name": f"{name}-stable", "port": 8000}]}]}}
+
+
+@pytest.fixture
+async def reconciler(api: EmulatorServer) -> AsyncIterator[tuple[Reconciler, Metrics]]:
+    metrics = Metrics()
+    client = KubeApi(kopf.ConnectionInfo(server=api.url))
+    yield Reconciler(client, Pool(metrics)), metrics
+    await client.close()
+
+
+def ready(kube: KubeClient, ns: str, name: str, track: str, count: int) -> None:
+    kube.patch("apps/v1", "deployments", ns, f"{name}-{track}", {"status": {"readyReplicas": count}},
+               subresource="status")
+
+
+def weights(kube: KubeClient, ns: str, name: str) -> dict[str, int]:
+    refs = kube.get("gateway.networking.k8s.io/v1", "httproutes", ns, f"{name}-route")["spec"]["rules"][0]["backendRefs"]
+    return {ref["name"].rsplit("-", 1)[1]: ref.get("weight") for ref in refs}
+
+
+def model_path(kube: KubeClient, ns: str, name: str, track: str) -> str:
+    data = kube.get("v1", "configmaps", ns, f"{name}-{track}-model")["data"]["model.yaml"]
+    return next(line.split(": ", 1)[1] for line in data.splitlines() if line.startswith("path:"))
+
+
+async def test_a_canary_from_creation_to_rollback(api: EmulatorServer, kube: KubeClient,
+                                                  reconciler: tuple[Reconciler, Metrics]) -> None:
+    rec, metrics = reconciler
+    ns, name = "rec-flow", "flow"
+    kube.create(route(ns, name))
+    kube.create(manifest(ns, name, "v1"))
+    await rec.settle(ns, name)
+    assert kube.rollout(ns, name)["status"]["phase"] == "Pending"
+    assert {d["metadata"]["name"] for d in kube.list("apps/v1", "deployments", ns)} == {"flow-stable", "flow-canary"}
+    assert {s["metadata"]["name"] for s in kube.list("v1", "services", ns)} == {"flow-stable", "flow-canary"}
+    assert weights(kube, ns, name) == {"stable": 100, "canary": 0}
+    ready(kube, ns, name, "stable", 2)
+    await rec.settle(ns, name)
+    assert kube.rollout(ns, name)["status"]["phase"] == "Succeeded"
+
+    kube.patch(*RO, ns, name, {"spec": {"model": {"version": "v2", "path": "paraformer-tiny/v2"}}})
+    await rec.settle(ns, name)
+    assert kube.rollout(ns, name)["status"]["phase"] == "Progressing"
+    assert model_path(kube, ns, name, "canary") == "paraformer-tiny/v2"
+    assert weights(kube, ns, name)["canary"] == 0  # canary not ready: no traffic yet
+    ready(kube, ns, name, "canary", 2)
+    await rec.settle(ns, name)
+    assert weights(kube, ns, name) == {"stable": 80, "canary": 20}
+
+    metrics.error_rate = 0.5
+    await asyncio.sleep(1.05)  # the analysis interval is 1s
+    await rec.settle(ns, name)
+    status = kube.rollout(ns, name)["status"]
+    assert status["phase"] == "RolledBack", status
+    assert weights(kube, ns, name) == {"stable": 100, "canary": 0}
+    assert model_path(kube, ns, name, "canary") == "paraformer-tiny/v1"
+    assert kube.get("apps/v1", "deployments", ns, "flow-canary")["spec"]["replicas"] == 0
+    reasons = {e["reason"] for e in kube.list("v1", "events", ns)}
+    assert {"CanaryStarted", "SetWeight", "RollingBack", "RolledBack"} <= reasons
+
+    # status went only through /status: the one write to the resource itself is this test's spec change
+    writes = [r for r in api.emulator.request_log
+              if r.resource == "asrmodelrollouts" and r.namespace == ns and r.method in ("PATCH", "PUT")]
+    assert len([r for r in writes if r.subresource == "status"]) >= 5
+    assert len([r for r in writes if r.subresource != "status"]) == 1
+
+
+async def test_promotion_waits_for_the_stable_pods_to_serve_the_new_version(
+        kube: KubeClient, reconciler: tuple[Reconciler, Metrics]) -> None:
+    rec, metrics = reconciler
+    ns, name = "rec-promote", "promo"
+    kube.create(route(ns, name))
+    kube.create(manifest(ns, name, "v1", strategy={"steps": [{"setWeight": 100}]}))
+    await rec.settle(ns, name)
+    ready(kube, ns, name, "stable", 2)
+    await rec.settle(ns, name)
+    kube.patch(*RO, ns, name, {"spec": {"model": {"version": "v2", "path": "paraformer-tiny/v2"}}})
+    await rec.settle(ns, name)
+    ready(kube, ns, name, "canary", 2)
+    await rec.settle(ns, name)
+    await asyncio.sleep(1.05)
+    metrics.stable_versions = {"v1": 2}
+    await rec.settle(ns, name)
+    assert kube.rollout(ns, name)["status"]["phase"] == "Promoting"
+    assert model_path(kube, ns, name, "stable") == "paraformer-tiny/v2"
+    assert weights(kube, ns, name)["canary"] == 100
+    metrics.stable_versions = {"v2": 2}
+    await rec.settle(ns, name)
+    status = kube.rollout(ns, name)["status"]
+    assert status["phase"] == "Succeeded" and status["stableVersion"] == "v2"
+    assert weights(kube, ns, name) == {"stable": 100, "canary": 0}
+
+
+async def test_children_edited_by_others_are_put_back(kube: KubeClient,
+                                                       reconciler: tuple[Reconciler, Metrics]) -> None:
+    rec, _ = reconciler
+    ns, name = "rec-drift", "drift"
+    kube.create(route(ns, name))
+    kube.create(manifest(ns, name, "v1"))
+    await rec.settle(ns, name)
+    kube.patch("apps/v1", "deployments", ns, "drift-stable", {"spec": {"replicas": 7}})
+    kube.patch("v1", "configmaps", ns, "drift-stable-model", {"data": {"model.yaml": "path: elsewhere\n"}})
+    await rec.settle(ns, name)
+    assert kube.get("apps/v1", "deployments", ns, "drift-stable")["spec"]["replicas"] == 2
+    assert model_path(kube, ns, name, "stable") == "paraformer-tiny/v1"
+
+
+async def test_an_invalid_spec_creates_nothing(kube: KubeClient, reconciler: tuple[Reconciler, Metrics]) -> None:
+    rec, _ = reconciler
+    ns, name = "rec-invalid", "bad"
+    kube.create(manifest(ns, name, "v1", strategy={"steps": [{"setWeight": 120}]}))
+    await rec.settle(ns, name)
+    status = kube.rollout(ns, name)["status"]
+    invalid = next(c for c in status["conditions"] if c["type"] == "InvalidSpec")
+    assert invalid["status"] == "True" and "spec.strategy.steps[0].setWeight: 120 is over 100" in invalid["message"]
+    assert kube.list("apps/v1", "deployments", ns) == [] and kube.list("v1", "configmaps", ns) == []
+    assert any(e["reason"] == "InvalidSpec" for e in kube.list("v1", "events", ns))
+
+
+async def test_a_missing_httproute_is_reported(kube: KubeClient, reconciler: tuple[Reconciler, Metrics]) -> None:
+    rec, _ = reconciler
+    ns, name = "rec-noroute", "noroute"
+    kube.create(manifest(ns, name, "v1"))
+    with pytest.raises(Exception, match="HTTPRoute rec-noroute/noroute-route"):
+        await rec.settle(ns, name)
+    events = [e for e in kube.list("v1", "events", ns) if e["reason"] == "ReconcileError"]
+    assert events and "does not exist" in events[0]["message"]

@@ -1,0 +1,693 @@
+"""Unit tests of the pure rollout state machine (`asr_operator.state_machine.decide`).
+
+A pure, in-memory stand-in for the cluster (`World`) applies decide()'s actions to plain dicts,
+makes pods ready the way a Deployment controller would, and feeds decide() the observations it
+asks for. No server of any kind is involved: the state machine is pure, and this is its bench.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from asr_operator.analysis.verdict import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, Measurement
+from asr_operator.spec import InvalidSpec, ModelRef, RolloutSpec, parse_spec
+from asr_operator.state_machine import (
+    AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment, Observations, SetWeight,
+    decide, wants,
+)
+
+T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+Analysis = Callable[[], tuple[Measurement, ...]]
+
+
+def measurements(phase: str, value: float | None = 0.001) -> tuple[Measurement, ...]:
+    return (Measurement("error-rate", phase, value, phase.lower()),
+            Measurement("p99-latency-seconds", SUCCESSFUL if phase != ERROR else ERROR, 0.2, ""))
+
+
+GOOD: Analysis = lambda: measurements(SUCCESSFUL)  # noqa: E731
+BAD: Analysis = lambda: measurements(FAILED, 0.5)  # noqa: E731
+QUIET: Analysis = lambda: measurements(INCONCLUSIVE, None)  # noqa: E731
+DOWN: Analysis = lambda: measurements(ERROR, None)  # noqa: E731
+
+
+def rollout_spec(version: str = "v1", steps: list[dict[str, Any]] | None = None, traffic: str = "gatewayAPI",
+                 analysis: bool = True, **analysis_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"name": "paraformer-tiny", "version": version, "path": f"paraformer-tiny/{version}"},
+        "modelVolume": {"persistentVolumeClaim": {"claimName": "asr-models"}},
+        "server": {"image": "asr:0.1", "replicas": 2},
+        "traffic": {"gatewayAPI": {"httpRoute": "route"}} if traffic == "gatewayAPI" else {"replicaRatio": {}},
+        "strategy": {"steps": steps if steps is not None else
+                     [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 50},
+                      {"pause": {"duration": "1m"}}, {"setWeight": 100}],
+                     "progressDeadlineSeconds": 300},
+        "rollback": {"onAlert": True, "postPromotionWindow": "10m"},
+    }
+    if analysis:
+        spec["analysis"] = {"prometheus": {"address": "http://prometheus:9090"}, "interval": "30s",
+                            "failureLimit": 2, "inconclusiveLimit": 3, "errorLimit": 3, "minRequests": 20,
+                            "metrics": [{"name": "error-rate", "max": 0.01},
+                                        {"name": "p99-latency-seconds", "max": 2.0}],
+                            **analysis_overrides}
+    return spec
+
+
+@dataclass
+class World:
+    raw_spec: dict[str, Any]
+    now: datetime.datetime = T0
+    status: dict[str, Any] = field(default_factory=dict)
+    weight: int | None = None
+    configmaps: dict[str, ModelRef] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+    ready: dict[str, int] = field(default_factory=dict)
+    pods_start: bool = True  # a Deployment controller makes every asked-for pod ready
+    annotations: dict[str, str] = field(default_factory=dict)
+    served: dict[str, int] | None = None  # stable pods per version; None = follow the ConfigMap
+    generation: int = 1
+    decisions: list[Decision] = field(default_factory=list)
+    weights_seen: list[int] = field(default_factory=list)
+
+    def spec(self) -> RolloutSpec | InvalidSpec:
+        try:
+            return parse_spec(self.raw_spec)
+        except InvalidSpec as error:
+            return error
+
+    def observe(self, analysis: Analysis | None) -> Observations:
+        spec = self.spec()
+        needs = wants(spec if isinstance(spec, RolloutSpec) else None, self.status, self.now)
+        run = AnalysisRun(analysis()) if needs.analysis and analysis is not None else None
+        served = None
+        if needs.served_versions:
+            if self.served is not None:
+                served = dict(self.served)
+            elif "stable" in self.configmaps:
+                served = {self.configmaps["stable"].version: self.ready.get("stable", 0)}
+        return Observations(
+            generation=self.generation,
+            annotations=dict(self.annotations),
+            stable=self._deployment("stable"),
+            canary=self._deployment("canary"),
+            traffic_weight=self.weight,
+            canary_config=self.configmaps.get("canary"),
+            analysis=run,
+            served_versions=served,
+        )
+
+    def _deployment(self, track: str) -> DeploymentState | None:
+        if track not in self.replicas:
+            return None
+        return DeploymentState(replicas=self.replicas[track], ready=self.ready.get(track, 0))
+
+    def decide(self, analysis: Analysis | None = GOOD) -> Decision:
+        return decide(self.spec(), self.status, self.observe(analysis), self.now)
+
+    def apply(self, decision: Decision, status: bool = True, children: bool = True) -> None:
+        """What the reconciler does with a decision; a crash is a partial apply."""
+        for key in decision.remove_before:
+            self.annotations.pop(key, None)
+        if status:
+            self.status = copy.deepcopy(decision.status)
+        if children:
+            for action in decision.actions:
+                if isinstance(action, SetWeight):
+                    self.weight = action.weight
+                    self.weights_seen.append(action.weight)
+                elif isinstance(action, EnsureConfigMap):
+                    self.configmaps[action.track] = action.model
+                elif isinstance(action, EnsureDeployment):
+                    self.replicas[action.track] = action.replicas
+                    if self.pods_start:
+                        self.ready[action.track] = action.replicas
+            if status:
+                for key in decision.remove_after:
+                    self.annotations.pop(key, None)
+
+    def tick(self, seconds: float = 0.0, analysis: Analysis | None = GOOD) -> Decision:
+        self.now += datetime.timedelta(seconds=seconds)
+        decision = self.decide(analysis)
+        self.apply(decision)
+        self.decisions.append(decision)
+        return decision
+
+    def run(self, until: Callable[["World"], bool], analysis: Analysis | None = GOOD, step: float = 10.0,
+            limit: int = 500) -> None:
+        """Tick like the daemon does (at once when asked, else every `step` s) until `until`."""
+        wait = 0.0
+        for _ in range(limit):
+            if until(self):
+                return
+            decision = self.tick(wait, analysis)
+            wait = 0.0 if decision.requeue_after == 0 else step
+        raise AssertionError(f"never reached the condition; status: {self.status}")
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase"))
+
+    def set_spec_version(self, version: str) -> None:
+        self.raw_spec = copy.deepcopy(self.raw_spec)
+        self.raw_spec["model"] = {"name": "paraformer-tiny", "version": version, "path": f"paraformer-tiny/{version}"}
+        self.generation += 1
+
+
+def settled(world: World) -> World:
+    """A world whose first version v1 is serving (phase Succeeded)."""
+    world.run(lambda w: w.phase == "Succeeded")
+    return world
+
+
+def canary_world(steps: list[dict[str, Any]] | None = None, traffic: str = "gatewayAPI", start: bool = True,
+                 **kwargs: Any) -> World:
+    """v1 serving, spec bumped to v2; with `start` the canary has started (phase Progressing)."""
+    world = settled(World(rollout_spec("v1", steps, traffic, **kwargs)))
+    world.set_spec_version("v2")
+    if start:
+        world.tick()
+        assert world.phase == "Progressing"
+    return world
+
+
+def condition(world: World, kind: str) -> dict[str, Any]:
+    for item in world.status.get("conditions") or []:
+        if item["type"] == kind:
+            return dict(item)
+    raise AssertionError(f"no condition {kind}: {world.status.get('conditions')}")
+
+
+def history(world: World) -> list[tuple[str, str]]:
+    return [(entry["version"], entry["outcome"]) for entry in world.status.get("history") or []]
+
+
+# --- first version ------------------------------------------------------------------------
+
+def test_first_version_is_pending_until_stable_pods_are_ready() -> None:
+    world = World(rollout_spec("v1"), pods_start=False)
+    world.tick()
+    assert world.phase == "Pending"
+    assert world.configmaps["stable"].version == "v1" and world.configmaps["canary"].version == "v1"
+    assert world.replicas == {"stable": 2, "canary": 0} and world.weight == 0
+    world.ready["stable"] = 2
+    world.tick(5)
+    assert world.phase == "Succeeded"
+    assert history(world) == [("v1", "Promoted")]
+    assert condition(world, "Available")["status"] == "True"
+
+
+def test_first_version_never_ready_fails_at_the_deadline_and_a_spec_change_restarts() -> None:
+    world = World(rollout_spec("v1"), pods_start=False)
+    world.tick()
+    world.tick(301)
+    assert world.phase == "Failed"
+    assert condition(world, "Progressing")["reason"] == "ProgressDeadlineExceeded"
+    world.tick(60)
+    assert world.phase == "Failed"  # nothing changed: stays failed
+    world.set_spec_version("v1b")
+    world.tick(1)
+    assert world.phase == "Pending" and world.configmaps["stable"].version == "v1b"
+
+
+# --- happy path ---------------------------------------------------------------------------
+
+def test_happy_path_steps_weights_then_promotion_by_hot_reload() -> None:
+    world = canary_world(start=False)
+    world.tick()
+    assert world.phase == "Progressing"
+    assert world.configmaps["canary"].version == "v2" and world.configmaps["stable"].version == "v1"
+    assert world.replicas["canary"] == 2
+    world.run(lambda w: w.phase == "Succeeded")
+    # weights only ever went up through the steps, then back to 0 after the promotion
+    distinct = [w for i, w in enumerate(world.weights_seen) if i == 0 or world.weights_seen[i - 1] != w]
+    assert distinct == [0, 10, 50, 100, 0]
+    assert world.configmaps["stable"].version == "v2" and world.configmaps["canary"].version == "v2"
+    assert world.replicas == {"stable": 2, "canary": 0} and world.weight == 0
+    assert history(world) == [("v1", "Promoted"), ("v2", "Promoted")]
+    assert world.status["stableVersion"] == "v2" and world.status.get("canaryVersion") is None
+    reasons = [e.reason for d in world.decisions for e in d.events]
+    assert reasons.count("SetWeight") == 3 and "Promoting" in reasons and "Promoted" in reasons
+    # the stable Deployment's pod template never changed: the promotion restarted no pod
+    stable_deployments = {a for d in world.decisions for a in d.actions
+                          if type(a).__name__ == "EnsureDeployment" and a.track == "stable"}
+    assert {a.replicas for a in stable_deployments} == {2}
+
+
+def test_pause_duration_is_respected() -> None:
+    world = canary_world(steps=[{"setWeight": 10}, {"pause": {"duration": "5m"}}, {"setWeight": 100}])
+    world.tick()
+    world.tick(30)
+    assert world.status["canaryWeight"] == 10
+    for _ in range(8):  # 4 minutes of good analyses: still pausing
+        world.tick(30)
+    assert world.status["canaryWeight"] == 10 and world.status["currentStep"] == 1
+    world.run(lambda w: w.status.get("canaryWeight") == 100)
+
+
+def test_promotion_waits_until_stable_pods_serve_the_new_version() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.served = {"v1": 2}
+    world.run(lambda w: w.phase == "Promoting")
+    assert world.configmaps["stable"].version == "v2"  # the hot reload was asked for
+    for _ in range(5):
+        world.tick(10)
+    assert world.phase == "Promoting" and world.weight == 100
+    world.served = {"v1": 1, "v2": 1}
+    world.tick(10)
+    assert world.phase == "Promoting"
+    world.served = {"v2": 2}
+    world.tick(10)
+    assert world.phase == "Succeeded" and world.weight == 0 and world.replicas["canary"] == 0
+
+
+def test_promotion_that_never_serves_rolls_back_and_reverts_the_stable_configmap() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.served = {"v1": 2}
+    world.run(lambda w: w.phase == "Promoting")
+    world.tick(301)
+    assert world.phase == "RollingBack"
+    assert world.configmaps["stable"].version == "v1" and world.configmaps["canary"].version == "v1"
+    assert world.weight == 0 and world.replicas["canary"] == 0
+    world.tick()
+    assert world.phase == "RolledBack"
+    assert condition(world, "Progressing")["reason"] == "PromotionTimedOut"
+
+
+# --- rollback -----------------------------------------------------------------------------
+
+def test_failures_reaching_the_limit_roll_back_in_the_same_tick() -> None:
+    world = canary_world()
+    world.tick()
+    world.tick(0)
+    assert world.status["canaryWeight"] == 10
+    world.tick(30, BAD)
+    assert world.phase == "Progressing" and world.status["counters"]["failed"] == 1
+    decision = world.decide(BAD)  # 0 s later: not due yet, nothing measured
+    assert decision.status["counters"]["failed"] == 1
+    world.now += datetime.timedelta(seconds=30)
+    decision = world.decide(BAD)
+    assert decision.status["phase"] == "RollingBack"
+    kinds = [type(a).__name__ for a in decision.actions]
+    assert kinds.index("SetWeight") < kinds.index("EnsureConfigMap")  # traffic away first
+    assert SetWeight(0) in decision.actions
+    assert EnsureConfigMap("canary", ModelRef("paraformer-tiny", "v1", "paraformer-tiny/v1")) in decision.actions
+    assert any(isinstance(a, EnsureDeployment) and a.track == "canary" and a.replicas == 0 for a in decision.actions)
+    world.apply(decision)
+    world.tick()
+    assert world.phase == "RolledBack"
+    assert world.status["failedVersion"] == "v2"
+    assert history(world)[-1] == ("v2", "RolledBack")
+    assert condition(world, "Progressing")["reason"] == "AnalysisFailed"
+    assert "error-rate" in condition(world, "Progressing")["message"]
+    assert any(e.reason == "RollingBack" and e.type == "Warning" for e in decision.events)
+
+
+def test_a_failed_version_is_not_retried_until_the_spec_changes_or_retry() -> None:
+    world = canary_world()
+    world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
+    for _ in range(10):
+        world.tick(60, GOOD)
+    assert world.phase == "RolledBack" and world.weight == 0 and world.replicas["canary"] == 0
+    world.annotations["asr.rollout.dev/retry"] = "true"
+    decision = world.tick()
+    assert "asr.rollout.dev/retry" in decision.remove_before
+    assert world.phase == "Progressing" and world.status["canaryVersion"] == "v2"
+    world.run(lambda w: w.phase == "Succeeded")
+    # and a spec change after a rollback starts the new version at once
+    world2 = canary_world()
+    world2.run(lambda w: w.phase == "RolledBack", analysis=BAD)
+    world2.set_spec_version("v3")
+    world2.tick()
+    assert world2.phase == "Progressing" and world2.status["canaryVersion"] == "v3"
+
+
+def test_canary_never_ready_rolls_back_at_the_progress_deadline() -> None:
+    world = canary_world(start=False)
+    world.pods_start = False
+    world.tick()
+    assert world.phase == "Progressing" and world.weight == 0
+    for _ in range(29):
+        world.tick(10)
+    assert world.phase == "Progressing" and world.weight == 0  # no traffic to unready pods
+    world.tick(11)
+    assert world.phase == "RollingBack"
+    assert condition(world, "Progressing")["reason"] == "ProgressDeadlineExceeded"
+
+
+# --- no data, no promotion ----------------------------------------------------------------
+
+def test_inconclusive_pauses_and_never_promotes() -> None:
+    world = canary_world()
+    world.run(lambda w: w.phase == "Paused", analysis=QUIET)
+    assert condition(world, "Paused")["reason"] == "InconclusiveLimit"
+    assert world.status["counters"]["inconclusive"] == 3
+    for _ in range(50):
+        world.tick(30, QUIET)
+    assert world.phase == "Paused" and world.status["stableVersion"] == "v1"
+    assert world.configmaps["stable"].version == "v1"
+
+
+def test_prometheus_down_pauses_and_never_promotes() -> None:
+    world = canary_world()
+    world.run(lambda w: w.phase == "Paused", analysis=DOWN)
+    assert condition(world, "Paused")["reason"] == "AnalysisErrors"
+    for _ in range(50):
+        world.tick(30, DOWN)
+    assert world.phase == "Paused" and world.configmaps["stable"].version == "v1"
+
+
+def test_missing_measurements_never_open_the_gate() -> None:
+    """The analysis never runs at all (e.g. every tick failed before measuring): no promotion."""
+    world = canary_world(steps=[{"setWeight": 100}])
+    for _ in range(100):
+        world.tick(30, analysis=None)
+    assert world.phase == "Progressing" and world.configmaps["stable"].version == "v1"
+
+
+def test_a_pass_measured_before_the_last_weight_change_does_not_count() -> None:
+    world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 100}])
+    world.tick()
+    decision = world.tick(0)
+    assert world.status["canaryWeight"] == 100
+    assert world.phase == "Progressing", decision.status
+
+
+def test_paused_analysis_still_rolls_back_on_failures() -> None:
+    world = canary_world()
+    world.run(lambda w: w.phase == "Paused", analysis=QUIET)
+    world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
+
+
+def test_promote_resumes_an_analysis_pause_with_counters_reset() -> None:
+    world = canary_world()
+    world.run(lambda w: w.phase == "Paused", analysis=QUIET)
+    world.annotations["asr.rollout.dev/promote"] = "true"
+    world.tick()
+    assert world.phase == "Progressing" and world.status["counters"]["inconclusive"] == 0
+    assert "asr.rollout.dev/promote" not in world.annotations
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_retry_resumes_an_error_pause() -> None:
+    world = canary_world()
+    world.run(lambda w: w.phase == "Paused", analysis=DOWN)
+    world.annotations["asr.rollout.dev/retry"] = "true"
+    world.tick()
+    assert world.phase == "Progressing" and world.status["counters"]["errors"] == 0
+
+
+# --- manual control -----------------------------------------------------------------------
+
+def test_manual_pause_waits_for_promote() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused")
+    assert condition(world, "Paused")["reason"] == "ManualPause"
+    for _ in range(20):
+        world.tick(30)
+    assert world.phase == "Paused" and world.weight == 20
+    world.annotations["asr.rollout.dev/promote"] = "true"
+    world.tick()
+    assert world.status["currentStep"] >= 2 and world.weight == 100
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_manual_pause_without_analysis_is_gated_by_a_person_only() -> None:
+    world = canary_world(steps=[{"setWeight": 50}, {"pause": {}}], analysis=False)
+    world.run(lambda w: w.phase == "Paused", analysis=None)
+    world.annotations["asr.rollout.dev/promote"] = "true"
+    world.run(lambda w: w.phase == "Succeeded", analysis=None)
+
+
+def test_abort_rolls_back() -> None:
+    world = canary_world()
+    world.tick()
+    world.tick(0)
+    world.annotations["asr.rollout.dev/abort"] = "true"
+    decision = world.tick()
+    assert decision.remove_before == ("asr.rollout.dev/abort",)
+    assert world.phase == "RollingBack" and world.weight == 0
+    assert world.configmaps["canary"].version == "v1"
+    world.tick()
+    assert world.phase == "RolledBack" and condition(world, "Progressing")["reason"] == "Aborted"
+
+
+def test_abort_with_nothing_running_is_ignored_with_a_warning() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.annotations["asr.rollout.dev/abort"] = "true"
+    decision = world.tick()
+    assert world.phase == "Succeeded" and "asr.rollout.dev/abort" not in world.annotations
+    assert [e.reason for e in decision.events] == ["AbortIgnored"]
+
+
+def test_rollback_to_a_version_from_history() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/rollback-to"] = "v1"
+    world.tick()
+    assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
+    assert world.status["stableVersion"] == "v1" and history(world)[-1] == ("v2", "RolledBack")
+    for _ in range(5):  # the spec still names v2: it is not rolled forward again by itself
+        world.tick(30)
+    assert world.configmaps["stable"].version == "v1" and world.phase == "RolledBack"
+
+
+def test_rollback_to_an_unknown_version_changes_nothing() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.annotations["asr.rollout.dev/rollback-to"] = "v9"
+    decision = world.tick()
+    assert world.phase == "Succeeded" and world.configmaps["stable"].version == "v1"
+    assert decision.events[0].reason == "RollbackToIgnored" and "v9" in decision.events[0].message
+
+
+def test_rollback_to_during_a_canary_rolls_the_canary_back_first() -> None:
+    world = canary_world()
+    world.tick()
+    world.annotations["asr.rollout.dev/rollback-to"] = "v1"
+    world.tick()
+    assert world.weight == 0 and world.configmaps["canary"].version == "v1"
+    assert world.phase == "RollingBack"
+
+
+# --- alerts -------------------------------------------------------------------------------
+
+def alert(fingerprint: str = "f1", starts: str = "2026-01-01T12:00:00Z") -> str:
+    return json.dumps({"alertname": "ASRCanaryHighErrorRate", "fingerprint": fingerprint,
+                       "startsAt": starts, "summary": "5xx over 5%"})
+
+
+def test_alert_during_a_canary_rolls_back_and_a_repeat_is_a_no_op() -> None:
+    world = canary_world()
+    world.tick()
+    world.tick(0)
+    world.annotations["asr.rollout.dev/alert"] = alert()
+    decision = world.tick()
+    assert decision.remove_after == ("asr.rollout.dev/alert",) and not decision.remove_before
+    assert world.phase == "RollingBack" and world.weight == 0
+    assert world.status["lastAlert"]["fingerprint"] == "f1"
+    assert condition(world, "Alert")["status"] == "True"
+    world.tick()
+    world.annotations["asr.rollout.dev/alert"] = alert()  # Alertmanager repeats
+    decision = world.tick()
+    assert decision.events == () and world.phase == "RolledBack"
+
+
+def test_alert_after_promotion_within_the_window_reverts_stable() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("f2")
+    world.tick(60)
+    assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
+    assert history(world)[-1] == ("v2", "RolledBack")
+    world.tick(60)
+    assert world.configmaps["stable"].version == "v1"  # v2 is not rolled forward again
+
+
+def test_alert_outside_the_window_is_recorded_and_ignored() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("f3")
+    decision = world.tick(601)
+    assert world.phase == "Succeeded" and world.configmaps["stable"].version == "v2"
+    assert "ignored" in decision.events[0].message
+    assert world.status["lastAlert"]["fingerprint"] == "f3"
+
+
+def test_a_new_firing_episode_of_the_same_alert_acts_again() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T11:00:00Z")
+    world.run(lambda w: w.phase == "RolledBack")
+    assert world.status["lastAlert"] == json.loads(alert("f5", "2026-01-01T11:00:00Z"))
+    world.set_spec_version("v3")
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T13:00:00Z")  # fires again later
+    world.tick(10)
+    assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
+
+
+def test_a_garbled_alert_annotation_is_ignored_and_removed() -> None:
+    world = canary_world()
+    world.annotations["asr.rollout.dev/alert"] = "not json"
+    decision = world.tick()
+    assert world.phase == "Progressing" and "asr.rollout.dev/alert" not in world.annotations
+    assert decision.events[0].reason == "AlertIgnored"
+
+
+def test_spec_change_while_promoting_lets_the_promotion_finish_first() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.served = {"v1": 2}
+    world.run(lambda w: w.phase == "Promoting")
+    world.set_spec_version("v3")
+    world.served = {"v2": 2}
+    world.tick(5)
+    assert world.phase == "Succeeded" and world.status["stableVersion"] == "v2"
+    world.served = None
+    world.tick()
+    assert world.phase == "Progressing" and world.status["canaryVersion"] == "v3"
+
+
+def test_alerts_are_ignored_when_on_alert_is_false() -> None:
+    world = canary_world()
+    world.raw_spec["rollback"] = {"onAlert": False}
+    world.tick()
+    world.annotations["asr.rollout.dev/alert"] = alert()
+    world.tick()
+    assert world.phase == "Progressing"
+
+
+# --- spec changes -------------------------------------------------------------------------
+
+def test_spec_change_mid_rollout_supersedes_the_canary() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    world.set_spec_version("v3")
+    decision = world.tick()
+    assert decision.actions[1] == SetWeight(0)  # traffic off the old canary before its ConfigMap changes
+    assert world.status["canaryVersion"] == "v3" and world.status["currentStep"] in (0, 1)
+    assert world.configmaps["canary"].version == "v3"
+    assert [e.reason for e in decision.events][:2] == ["Superseded", "CanaryStarted"]
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.configmaps["stable"].version == "v3"
+    assert ("v2", "Promoted") not in history(world)
+
+
+def test_spec_back_to_the_stable_version_mid_rollout_drops_the_canary() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    world.set_spec_version("v1")
+    decision = world.tick()
+    assert decision.actions[1] == SetWeight(0)
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.weight == 0 and world.replicas["canary"] == 0
+    assert world.configmaps["canary"].version == "v1"
+    assert history(world) == [("v1", "Promoted")]  # withdrawn, not failed
+    assert world.status.get("failedVersion") is None
+
+
+def test_invalid_spec_creates_nothing_and_says_which_field() -> None:
+    raw = rollout_spec("v1", steps=[{"setWeight": 120}])
+    world = World(raw)
+    decision = world.tick()
+    assert decision.actions == () and world.configmaps == {} and world.replicas == {}
+    invalid = condition(world, "InvalidSpec")
+    assert invalid["status"] == "True"
+    assert "spec.strategy.steps[0].setWeight: 120 is over 100; use 0..100" in invalid["message"]
+    assert decision.events[0].reason == "InvalidSpec"
+    assert world.tick(5).events == ()  # the same problem is not re-announced every tick
+    world.raw_spec = rollout_spec("v1")
+    world.run(lambda w: w.phase == "Succeeded")
+    assert condition(world, "InvalidSpec")["status"] == "False"
+
+
+def test_invalid_spec_mid_rollout_freezes_children_and_keeps_the_phase() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    world.raw_spec = dict(world.raw_spec, analysis={"metrics": [{"name": "bogus", "max": 1}]})
+    decision = world.tick(30)
+    assert decision.actions == () and world.phase == "Progressing" and world.weight == 50
+    assert "unknown metric 'bogus'" in condition(world, "InvalidSpec")["message"]
+
+
+def test_observed_generation_follows_the_resource() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_spec_version("v2")
+    world.tick()
+    assert world.status["observedGeneration"] == world.generation
+
+
+# --- replica ratio ------------------------------------------------------------------------
+
+def test_replica_ratio_scales_pods_and_says_the_weight_is_approximate() -> None:
+    world = canary_world(steps=[{"setWeight": 10}, {"pause": {}}], traffic="replicaRatio")
+    world.run(lambda w: w.phase == "Paused")
+    assert world.replicas == {"stable": 1, "canary": 1}
+    assert world.status["weightApproximate"] is True and world.status["effectiveCanaryWeight"] == 50
+    world.annotations["asr.rollout.dev/promote"] = "true"
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.replicas == {"stable": 2, "canary": 0}
+
+
+# --- restart safety -----------------------------------------------------------------------
+
+def _outcome(world: World) -> tuple[Any, ...]:
+    return (world.phase, history(world)[-1], world.weight, world.configmaps["stable"].version,
+            world.configmaps["canary"].version, dict(world.replicas), world.status.get("failedVersion"))
+
+
+def _scenario(crash_at: int | None, crash_kind: str, analysis: Analysis, steps: list[dict[str, Any]]) -> World:
+    """Run a canary to its end; at tick `crash_at` the operator dies after deciding: either
+    before writing anything, or after the status write but before any child was changed."""
+    world = canary_world(steps=steps, start=False)
+    ticks = 0
+    wait = 0.0
+    while (ticks == 0 or world.phase not in ("Succeeded", "RolledBack")) and ticks < 400:
+        world.now += datetime.timedelta(seconds=wait)
+        decision = world.decide(analysis)
+        if ticks == crash_at:
+            if crash_kind == "after-status":
+                world.apply(decision, status=True, children=False)
+            # "before-anything": nothing applied at all
+            restart = world.decide(analysis)  # a new process, same clock, reads the persisted status
+            if crash_kind == "after-status":
+                # the persisted decision is re-derived, not advanced a second time
+                assert restart.status.get("currentStep") == decision.status.get("currentStep")
+                assert restart.status.get("canaryWeight") == decision.status.get("canaryWeight")
+                assert restart.actions == decision.actions
+            decision = restart
+        world.apply(decision)
+        world.decisions.append(decision)
+        wait = 0.0 if decision.requeue_after == 0 else 10.0
+        ticks += 1
+    return world
+
+
+@pytest.mark.parametrize("analysis,steps", [
+    (GOOD, [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 100}]),
+    (BAD, [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 100}]),
+], ids=["to-promotion", "to-rollback"])
+@pytest.mark.parametrize("crash_kind", ["before-anything", "after-status"])
+def test_killed_at_any_tick_resumes_to_the_same_outcome(analysis: Analysis, steps: list[dict[str, Any]],
+                                                        crash_kind: str) -> None:
+    reference = _scenario(None, crash_kind, analysis, steps)
+    total = len(reference.decisions)
+    assert total > 5
+    phases_covered = {d.status.get("phase") for d in reference.decisions}
+    for crash_at in range(total):
+        world = _scenario(crash_at, crash_kind, analysis, steps)
+        assert _outcome(world) == _outcome(reference), f"crash at tick {crash_at} ({crash_kind})"
+        steps_applied = [e.message for d in world.decisions for e in d.events if e.reason == "SetWeight"]
+        assert len(steps_applied) == len(set(steps_applied)), "a step was applied twice"
+    expected = {"Progressing", "Promoting", "Succeeded"} if analysis is GOOD else {"Progressing", "RollingBack", "RolledBack"}
+    assert expected <= phases_covered
+
+
+def test_decide_is_deterministic_on_the_same_inputs() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    first, second = world.decide(GOOD), world.decide(GOOD)
+    assert first == second

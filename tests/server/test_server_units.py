@@ -1,0 +1,182 @@
+"""Pure parts of the server: config parsing, path checks, segment plans, formats, admission,
+audio decoding, streaming VAD bookkeeping and the scheduler's queue/timeout semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from inference_server import formats
+from inference_server.audio import AudioLimits, decode_audio
+from inference_server.config import ConfigError, ModelConfig, parse_model_config, resolve_under
+from inference_server.errors import APIError
+from inference_server.metrics import ServerMetrics
+from inference_server.model_loader import LoadedModel, warmup_clip
+from inference_server.scheduler import InferenceScheduler, should_admit
+from inference_server.segments import join_texts, split_long, whole_clip
+from inference_server.streaming import VadEvents
+
+GOOD = "name: m\nversion: v1\npath: m/v1\n"
+
+
+def test_parse_model_config_fields_and_defaults() -> None:
+    cfg = parse_model_config(GOOD + "sha256: " + "A" * 64 + "\nvad_path: vad/v1\noptions: {max_segment_ms: 5000, hotword: x}\n")
+    assert (cfg.name, cfg.version, cfg.path, cfg.vad_path) == ("m", "v1", "m/v1", "vad/v1")
+    assert cfg.sha256 == "a" * 64
+    assert cfg.server_option("max_segment_ms") == 5000
+    assert cfg.server_option("vad_max_end_silence_ms") == 500
+    assert cfg.automodel_options() == {"hotword": "x"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("version: v1\npath: p\n", "'name' is required"),
+    ("name: m\npath: p\n", "'version' is required"),
+    ("name: m\nversion: v1\n", "'path' is required"),
+    (GOOD + "sha256: abc\n", "64 hex"),
+    (GOOD + "options: [1]\n", "'options' must be a mapping"),
+    (GOOD + "options: {max_segment_ms: 10}\n", "max_segment_ms"),
+    (GOOD + "colour: red\n", "unknown keys"),
+    ("- a\n- b\n", "YAML mapping"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_invalid_model_config_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_model_config(text)
+
+
+def test_paths_resolving_outside_the_models_root_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "m" / "v1").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "escape").symlink_to(tmp_path / "secret")
+    assert resolve_under(root, "m/v1", "path") == (root / "m" / "v1").resolve()
+    for bad in ("../secret", "m/../../secret", "/etc", "escape"):
+        with pytest.raises(ConfigError, match="path"):
+            resolve_under(root, bad, "path")
+    cfg = ModelConfig(name="m", version="v1", path="m/v1", vad_path="../x")
+    with pytest.raises(ConfigError, match="vad_path"):
+        cfg.vad_dir(root)
+
+
+def test_split_long_cuts_only_long_segments_into_bounded_pieces() -> None:
+    assert split_long([(0, 1000), (2000, 2500)], 4000) == [(0, 1000), (2000, 2500)]
+    pieces = split_long([(1000, 11000)], 4000)
+    assert pieces[0][0] == 1000 and pieces[-1][1] == 11000
+    assert all(e - s <= 4000 for s, e in pieces) and len(pieces) == 3
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert split_long([(5, 5)], 100) == []
+    assert whole_clip(0, 1000) == [] and whole_clip(2500, 1000) == [(0, 833), (833, 1667), (1667, 2500)]
+
+
+def test_join_texts_spaces_only_between_non_cjk() -> None:
+    assert join_texts(["你好", "世界"]) == "你好世界"
+    assert join_texts(["hello", "world", "", "<|zh|>"]) == "hello world"
+    assert join_texts(["abc", "你好"]) == "abc 你好"
+
+
+def test_srt_and_vtt_rendering() -> None:
+    t = formats.Transcript(text="a b", duration_s=4000.5, segments=[
+        formats.Segment(200, 3530, "a"), formats.Segment(3_600_000 + 61_001, 3_600_000 + 62_000, "b")])
+    assert formats.as_srt(t) == ("1\n00:00:00,200 --> 00:00:03,530\na\n\n"
+                                 "2\n01:01:01,001 --> 01:01:02,000\nb\n")
+    assert formats.as_vtt(t).startswith("WEBVTT\n\n00:00:00.200 --> 00:00:03.530\na\n")
+    verbose = formats.as_verbose_json(t, "m", "v9")
+    assert verbose["segments"][1]["start"] == 3661.001 and verbose["model_version"] == "v9"
+
+
+def test_admission_rule() -> None:
+    assert should_admit(0, 1) and not should_admit(1, 1) and should_admit(15, 16)
+
+
+def _wav(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def test_decode_audio_resamples_downmixes_and_refuses_bad_input() -> None:
+    limits = AudioLimits(max_bytes=200_000, max_seconds=2.0)
+    stereo = np.stack([np.linspace(-0.5, 0.5, 8000)] * 2, axis=1).astype(np.float32)
+    out = decode_audio(_wav(stereo, 8000), limits)
+    assert out.dtype == np.float32 and abs(len(out) - 16000) <= 2  # 1 s at 16 kHz
+    cases = [
+        (b"", 400, "empty"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunk", 400, "not audio"),
+        (_wav(np.zeros(100, np.float32), 4000), 400, "sample rate 4000"),
+        (_wav(np.zeros(800, np.float32), 16000), 400, "minimum is 100 ms"),
+        (_wav(np.zeros(16000 * 3, np.float32), 16000), 413, "limit is 2 s"),
+        (b"\x00" * 200_001, 413, "limit is 200000"),
+        (_wav(np.array([0.1, np.nan] * 1600, np.float32), 16000, "FLOAT"), 400, "NaN"),
+    ]
+    for data, status, text in cases:
+        with pytest.raises(APIError) as err:
+            decode_audio(data, limits)
+        assert err.value.status == status and text in err.value.message, (text, err.value.message)
+
+
+def test_vad_events_pair_starts_and_ends_across_chunks() -> None:
+    ev = VadEvents()
+    assert ev.feed([[300, -1]]) == [{"type": "speech_start", "start_ms": 300}]
+    assert ev.feed([]) == [] and ev.finished == []
+    assert ev.feed([[-1, 2000], [2500, 3100]]) == [
+        {"type": "speech_end", "end_ms": 2000}, {"type": "speech_start", "start_ms": 2500},
+        {"type": "speech_end", "end_ms": 3100}]
+    assert ev.finished == [(300, 2000), (2500, 3100)] and ev.open_start is None
+
+
+def test_warmup_clip_is_deterministic_and_audible() -> None:
+    a, b = warmup_clip(), warmup_clip()
+    assert np.array_equal(a, b) and len(a) == 16000 and 0.05 < float(np.abs(a).max()) <= 1.0
+
+
+def _fake_loaded() -> LoadedModel:
+    """A LoadedModel without FunASR models: the scheduler only uses its leases."""
+    return LoadedModel(config=ModelConfig("m", "v1", "m/v1"), digest="0" * 64, asr=None, vad=None,
+                       load_seconds=0.0, loaded_at=0.0)
+
+
+async def test_scheduler_queue_full_answers_503_with_retry_after_and_timeouts_keep_the_lease() -> None:
+    metrics = ServerMetrics({"namespace": "n", "rollout": "r", "track": "stable", "pod": "p"})
+    scheduler = InferenceScheduler(metrics, max_queue=1, timeout_s=5)
+    model = _fake_loaded()
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def blocking() -> str:
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return "done"
+
+    running = asyncio.create_task(scheduler.run(model, blocking))
+    while scheduler.running == 0:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(scheduler.run(model, lambda: "second"))
+    while scheduler.waiting == 0:
+        await asyncio.sleep(0.01)
+    with pytest.raises(APIError) as err:
+        await scheduler.run(model, lambda: "third")
+    assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+    assert metrics.registry.get_sample_value("asr_queue_depth", metrics.pod) == 1
+    gate.set()
+    assert await running == "done" and await waiting == "second"
+    assert model.leases == 0 and scheduler.waiting == 0 and scheduler.running == 0
+
+    # A request that gives up (timeout) does not release the model while its job still runs.
+    release = asyncio.Event()
+    slow = lambda: asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+    with pytest.raises(APIError) as err:
+        await scheduler.run(model, slow, timeout_s=0.05)
+    assert err.value.status == 504
+    assert model.leases == 1
+    release.set()
+    for _ in range(200):
+        if model.leases == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert model.leases == 0
+    scheduler.close()
