@@ -54,7 +54,9 @@ async def serve(settings: ServerSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     # Imported here, once, so a version's load time is the load itself, not the import (seconds).
-    await asyncio.to_thread(__import__, "funasr")
+    from inference_server.model_loader import import_runtime
+
+    await asyncio.to_thread(import_runtime)
     watcher = ConfigWatcher(slot, settings.watch_interval_s)
     watcher.prime()
     outcome = await slot.reload()

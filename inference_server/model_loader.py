@@ -86,6 +86,18 @@ class LoadedModel:
         release_accelerator_memory()
 
 
+def import_runtime() -> None:
+    """Import torch + FunASR once, then move their ~400k long-lived objects out of the garbage
+    collector's reach (gc.freeze). Without this every full collection, including the one that
+    releases a replaced version, walks them all while holding the GIL: 0.3-0.5 s in which no
+    request makes progress. Model objects are created later, so they stay collectable."""
+    import funasr  # noqa: F401
+    import torch  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 def release_accelerator_memory() -> None:
     try:
         import torch
@@ -93,18 +105,6 @@ def release_accelerator_memory() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def lower_thread_priority(niceness: int = 10) -> None:
-    """Linux: renice only the calling thread, so loading a new version beside the serving one
-    takes CPU from idle time first instead of from requests in flight."""
-    import os
-    import threading
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass  # not Linux, or not permitted: loading still works, only without the courtesy
 
 
 def _device(config: ModelConfig) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from inference_server.config import ConfigError, ModelConfig, read_model_config
 from inference_server.metrics import ServerMetrics
-from inference_server.model_loader import LoadedModel, LoadError, load_version, lower_thread_priority
+from inference_server.model_loader import LoadedModel, LoadError, load_version
 
 log = logging.getLogger("inference_server.reload")
 
@@ -48,9 +48,10 @@ class ModelSlot:
         self.swaps = 0
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        # Loads and releases run on their own low-priority thread, beside the serving worker.
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-loader",
-                                          initializer=lower_thread_priority)
+        # Loads and releases run on their own thread beside the serving worker, warming up with
+        # one torch thread. (Not reniced: a low-priority thread holding the GIL stalls the
+        # worker and the event loop, which measured worse than sharing the CPU evenly.)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-loader")
 
     @property
     def ready(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="kopf.asr.rollout.dev", key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our events are posted by the reconciler
     settings.watching.server_timeout = 300
+    # Prometheus queries run in threads (prometheus-api-client blocks): with hundreds of rollouts
+    # the default pool (cores + 4) would queue analysis ticks behind each other.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="query"))
     RUNTIME.metrics.serve(options.metrics_port)
     if options.webhook_port > 0:
         api = _reconciler().api
@@ -139,19 +143,24 @@ async def rollout_daemon(stopped: kopf.DaemonStopped, namespace: str | None, nam
                             exc_info=RUNTIME.options.verbose)
                 requeue = ERROR_RETRY_SECONDS
             delay = IDLE_TICK_SECONDS if requeue is None else min(max(requeue, 0.05), IDLE_TICK_SECONDS)
-            await _sleep(stopped, wake, delay)
+            due = asyncio.get_running_loop().time() + delay
+            if not await _sleep(stopped, wake, delay):
+                RUNTIME.metrics.tick_lag.observe(max(0.0, asyncio.get_running_loop().time() - due))
     finally:
+        reconciler.forget(namespace, name)
         RUNTIME.wakeups.pop(key, None)
         RUNTIME.seen_generation.pop(key, None)
 
 
-async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> bool:
+    """Sleep until the time is up (False), or until woken or stopped (True)."""
     async def until_stopped() -> None:
         await stopped.wait()
 
     waiters = [asyncio.ensure_future(until_stopped()), asyncio.ensure_future(wake.wait())]
     try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        return bool(done)
     finally:
         for waiter in waiters:
             waiter.cancel()

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .durations import format_time
 
@@ -28,6 +28,10 @@ class OperatorMetrics:
                                 [*labels, "metric", "verdict"], registry=self.registry)
         self.rollbacks = Counter("asr_rollout_rollbacks_total", "Rollbacks started", labels, registry=self.registry)
         self.promotions = Counter("asr_rollout_promotions_total", "Promotions completed", labels,
+                                  registry=self.registry)
+        self.tick_lag = Histogram("asr_rollout_tick_lag_seconds",
+                                  "How late a scheduled reconcile tick woke up (event-loop saturation)",
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                   registry=self.registry)
         self.reconcile_errors = Counter("asr_rollout_reconcile_errors_total", "Reconcile ticks that raised",
                                         labels, registry=self.registry)

@@ -9,6 +9,8 @@ Write order in `act`, chosen for crash safety:
 """
 from __future__ import annotations
 
+import asyncio
+import copy
 import datetime
 import logging
 import time
@@ -24,7 +26,7 @@ from .metrics import OperatorMetrics
 from .spec import InvalidSpec, RolloutSpec, parse_spec
 from .state_machine import (
     ANNOTATION_PREFIX, AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment,
-    EnsureServices, Observations, SetWeight, decide, wants,
+    EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
 )
 from .traffic.gateway_api import GatewayApiRouter
 from .traffic.replica_ratio import ReplicaRatioRouter
@@ -52,17 +54,26 @@ def deployment_state(live: Mapping[str, Any] | None) -> DeploymentState | None:
 
 class Reconciler:
     def __init__(self, api: kube.KubeApi, sources: SourcePool, metrics: OperatorMetrics | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow):
+                 clock: Callable[[], datetime.datetime] = utcnow, drift_check_seconds: float = 30.0):
         self.api = api
         self.sources = sources
         self.metrics = metrics
         self.clock = clock
+        # Children are compared with their desired state whenever it changes, and at least every
+        # `drift_check_seconds` otherwise (someone else's edit is put back by then). This memo
+        # only saves requests: all state lives in status, and a restart starts with it empty.
+        self.drift_check_seconds = drift_check_seconds
+        self._applied: dict[tuple[str, str], tuple[Any, float]] = {}
 
-    def router(self, namespace: str, name: str, spec: RolloutSpec) -> TrafficRouter:
+    def forget(self, namespace: str, name: str) -> None:
+        self._applied.pop((namespace, name), None)
+
+    def router(self, namespace: str, name: str, spec: RolloutSpec,
+               cache: dict[str, dict[str, Any] | None]) -> TrafficRouter:
         if spec.traffic.provider == "gatewayAPI":
             assert spec.traffic.http_route is not None
             return GatewayApiRouter(self.api, namespace, name, spec.traffic.http_route)
-        return ReplicaRatioRouter(self.api, namespace, name, spec)
+        return ReplicaRatioRouter(self.api, namespace, name, spec, lambda path: self._get(path, cache))
 
     async def settle(self, namespace: str, name: str) -> float | None:
         """Tick, and tick again at once while the machine asks for it (e.g. a rollback's
@@ -80,6 +91,7 @@ class Reconciler:
         return max(0.0, requeue - (time.monotonic() - started))
 
     async def tick(self, namespace: str, name: str) -> float | None:
+        now = self.clock()  # the tick's time: when it started, before any request
         body = await self.api.get_rollout(namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None
@@ -88,7 +100,6 @@ class Reconciler:
         except InvalidSpec as error:
             spec = error
         status = dict(body.get("status") or {})
-        now = self.clock()
         cache: dict[str, dict[str, Any] | None] = {}
         observations = await self.observe(body, spec, status, now, cache)
         decision = decide(spec, status, observations, now)
@@ -113,16 +124,20 @@ class Reconciler:
         if isinstance(spec, InvalidSpec):
             return Observations(generation=generation, annotations=annotations)
         namespace, name = meta["namespace"], meta["name"]
-        stable = deployment_state(await self._get(kube.deployment_path(namespace, f"{name}-stable"), cache))
-        canary = deployment_state(await self._get(kube.deployment_path(namespace, f"{name}-canary"), cache))
-        canary_config = children.model_from_configmap(
-            await self._get(kube.configmap_path(namespace, children.configmap_name(name, "canary")), cache))
-        try:
-            weight = await self.router(namespace, name, spec).current_weight()
-        except (RouterError, kube.KubeError) as error:
-            log.debug("%s/%s: cannot read the traffic weight: %s", namespace, name, error)
-            weight = None
         needs = wants(spec, status, now)
+        stable_live, canary_live = await asyncio.gather(
+            self._get(kube.deployment_path(namespace, f"{name}-stable"), cache),
+            self._get(kube.deployment_path(namespace, f"{name}-canary"), cache))
+        stable, canary = deployment_state(stable_live), deployment_state(canary_live)
+        canary_config = None
+        weight = None
+        if needs.rollback_check:
+            canary_config = children.model_from_configmap(
+                await self._get(kube.configmap_path(namespace, children.configmap_name(name, "canary")), cache))
+            try:
+                weight = await self.router(namespace, name, spec, cache).current_weight()
+            except (RouterError, kube.KubeError) as error:
+                log.info("%s/%s: cannot read the traffic weight: %s", namespace, name, error)
         analysis = None
         served = None
         if needs.analysis and spec.analysis is not None:
@@ -151,17 +166,45 @@ class Reconciler:
             await self.api.patch_rollout_status(namespace, name, status_patch)
         error: Exception | None = None
         if not isinstance(spec, InvalidSpec):
-            try:
-                await self.apply_children(body, spec, decision, cache)
-            except (RouterError, kube.KubeError) as failure:
-                error = failure
+            key = (namespace, name)
+            signature = (decision.actions, spec.fingerprint, meta.get("uid"))
+            last = self._applied.get(key)
+            fresh = last is not None and last[0] == signature and time.monotonic() - last[1] < self.drift_check_seconds
+            if not fresh:  # unchanged desired state, checked moments ago: skip the GETs
+                try:
+                    await self.apply_children(body, spec, decision, cache)
+                    self._applied[key] = (signature, time.monotonic())
+                except (RouterError, kube.KubeError) as failure:
+                    self._applied.pop(key, None)
+                    error = failure
         for event in decision.events:
             await self._event(body, event.type, event.reason, event.message)
+        if not isinstance(spec, InvalidSpec):
+            await self._report_children(body, decision.status, error)
         if error is not None:
-            await self._event(body, "Warning", "ReconcileError", str(error))
             raise error
         if decision.remove_after:
             await self.api.set_annotations(namespace, name, {key: None for key in decision.remove_after})
+
+    async def _report_children(self, body: Mapping[str, Any], status: Mapping[str, Any],
+                               error: Exception | None) -> None:
+        """The `ChildrenReady` condition says whether the children could be written (e.g. a
+        missing HTTPRoute); its Event is posted when the problem changes, not on every retry."""
+        meta = body.get("metadata") or {}
+        previous = condition_of(status, "ChildrenReady") or {}
+        message = "" if error is None else str(error)
+        wanted = "True" if error is None else "False"
+        if previous.get("status") == wanted and previous.get("message", "") == message:
+            return
+        conditions = copy.deepcopy(list(status.get("conditions") or []))
+        holder = {"conditions": conditions}
+        set_condition(holder, "ChildrenReady", error is None, "Applied" if error is None else "ApplyFailed",
+                      message, self.clock())
+        await self.api.patch_rollout_status(meta["namespace"], meta["name"], {"conditions": holder["conditions"]})
+        if error is not None:
+            await self._event(body, "Warning", "ReconcileError", message)
+        elif previous:
+            await self._event(body, "Normal", "ChildrenReady", "children written again")
 
     async def apply_children(self, owner: Mapping[str, Any], spec: RolloutSpec, decision: Decision,
                              cache: dict[str, dict[str, Any] | None]) -> None:
@@ -173,7 +216,7 @@ class Reconciler:
                     await self._ensure(kube.service_path(namespace), children.deployment_name(name, track),
                                        children.track_service(namespace, name, track, owner), cache)
             elif isinstance(action, SetWeight):
-                await self.router(namespace, name, spec).set_weight(action.weight, dict(owner))
+                await self.router(namespace, name, spec, cache).set_weight(action.weight, dict(owner))
             elif isinstance(action, EnsureConfigMap):
                 await self._ensure(kube.configmap_path(namespace), children.configmap_name(name, action.track),
                                    children.configmap(namespace, name, action.track, action.model, owner), cache)

@@ -6,6 +6,7 @@ error names the field path and says what to write instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -107,6 +108,7 @@ class MetricSpec:
     max: float | None = None
     min: float | None = None
     query: str | None = None
+    max_increase: float | None = None  # golden-set metrics: allowed rise over the stable version
 
 
 @dataclass(frozen=True)
@@ -385,8 +387,7 @@ def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
             continue
         seen[metric.name] = seen.get(metric.name, 0) + 1
         if seen[metric.name] > 1:
-            metric = MetricSpec(name=f"{metric.name}#{seen[metric.name]}", kind=metric.kind,
-                                max=metric.max, min=metric.min, query=metric.query)
+            metric = dataclasses.replace(metric, name=f"{metric.name}#{seen[metric.name]}")
         metrics.append(metric)
 
     prometheus = check.mapping(analysis.get("prometheus"), "spec.analysis.prometheus", required=bool(metrics))
@@ -417,8 +418,8 @@ def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> Metric
         return None
     maximum = check.number(item.get("max"), f"{path}.max")
     minimum = check.number(item.get("min"), f"{path}.min")
-    if item.get("max") is None and item.get("min") is None:
-        check.fail(path, "needs a threshold: max, min or both")
+    if item.get("max") is None and item.get("min") is None and item.get("maxIncrease") is None:
+        check.fail(path, "needs a threshold: max, min or both (maxIncrease for golden-set metrics)")
     if maximum is not None and minimum is not None and minimum > maximum:
         check.fail(path, f"min {minimum:g} is over max {maximum:g}")
     query = item.get("query")
@@ -429,8 +430,12 @@ def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> Metric
                 check.fail(f"{path}.query", problem)
     elif query is not None:
         check.fail(f"{path}.query", f"only `custom` metrics take a query; {name} has a built-in one")
+    max_increase = check.number(item.get("maxIncrease"), f"{path}.maxIncrease")
+    if max_increase is not None and name not in queries.PENDING_METRICS:
+        check.fail(f"{path}.maxIncrease", f"only golden-set metrics compare with the stable version; "
+                                          f"use max/min for {name}")
     return MetricSpec(name=str(name), kind=str(name), max=maximum, min=minimum,
-                      query=query if name == queries.CUSTOM_METRIC else None)
+                      query=query if name == queries.CUSTOM_METRIC else None, max_increase=max_increase)
 
 
 def _parse_rollback(check: _Checker, raw: Any) -> RollbackSpec:

@@ -81,6 +81,7 @@ class Needs:
 
     analysis: bool = False
     served_versions: bool = False
+    rollback_check: bool = False  # the live weight and canary ConfigMap, to confirm a rollback
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -180,7 +181,8 @@ def wants(spec: RolloutSpec | None, status: Mapping[str, Any], now: datetime.dat
     if spec is None:
         return Needs()
     promoting = status.get("phase") == PROMOTING and spec.analysis is not None and bool(spec.analysis.prometheus_address)
-    return Needs(analysis=analysis_due(spec, status, now), served_versions=promoting)
+    return Needs(analysis=analysis_due(spec, status, now), served_versions=promoting,
+                 rollback_check=status.get("phase") == ROLLING_BACK)
 
 
 def _history_entry(model: ModelRef, outcome: str, reason: str, now: datetime.datetime) -> dict[str, Any]:

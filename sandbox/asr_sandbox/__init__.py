@@ -90,6 +90,14 @@ class ServerProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
+        try:
+            self._wait_started(timeout_s, wait_ready)
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
+        return self
+
+    def _wait_started(self, timeout_s: float, wait_ready: bool) -> None:
         deadline = time.monotonic() + timeout_s
         while self.port is None:
             self._check_alive()
@@ -102,7 +110,6 @@ class ServerProcess:
                 time.sleep(0.05)
         if wait_ready:
             self.wait_ready(deadline - time.monotonic())
-        return self
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

@@ -163,6 +163,11 @@ def operator(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[byte
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -213,7 +218,7 @@ def bench_rollback(api: Api, exporter: CanaryExporter, prometheus: str, repetiti
 
 
 def bench_scale(api: Api, server: Any, exporter: CanaryExporter, prometheus: str, count: int,
-                interval: float, duration: float, proc: subprocess.Popen[bytes]) -> tuple[list[float], float]:
+                interval: float, duration: float, proc: subprocess.Popen[bytes]) -> tuple[list[float], float, float]:
     names = [f"load-{i:03d}" for i in range(count)]
     for name in names:
         exporter.set(name, "v2", 0.0)
@@ -230,8 +235,10 @@ def bench_scale(api: Api, server: Any, exporter: CanaryExporter, prometheus: str
         api.mark_ready(f"{name}-canary", 2)
     wait(lambda: all(api.status(n).get("canaryWeight") == 10 for n in names), 180, "all at 10 %", 1.0)
     window_start = time.time()
+    cpu_before = cpu_seconds(proc.pid)
     time.sleep(duration)
     window_end = time.time()
+    cpu_share = (cpu_seconds(proc.pid) - cpu_before) / duration
     memory = rss_mb(proc.pid)
 
     from kmock._internal import references
@@ -258,7 +265,7 @@ def bench_scale(api: Api, server: Any, exporter: CanaryExporter, prometheus: str
                 lags.append(max(0.0, after - before - interval))
     if not lags:
         raise RuntimeError(f"no analysis ticks measured; phases: {phases}")
-    return lags, memory
+    return lags, memory, cpu_share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,12 +301,14 @@ def main(argv: list[str] | None = None) -> int:
             emit("rollback_operator_seconds", max(samples), "<= 1.0", median=round(statistics.median(samples), 4),
                  samples=[round(s, 4) for s in samples],
                  note="analysis tick start -> HTTPRoute canary weight 0 and canary ConfigMap reverted; emulator API")
-            lags, memory = bench_scale(api, server, exporter, prometheus.url, args.rollouts, args.interval,
+            lags, memory, cpu_share = bench_scale(api, server, exporter, prometheus.url, args.rollouts, args.interval,
                                        args.duration, proc)
             lags.sort()
             p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))]
             emit(f"tick_lag_p99_seconds_{args.rollouts}_rollouts", p99, "<= 1.0", ticks=len(lags),
-                 median=round(statistics.median(lags), 4), interval_s=args.interval, measured_s=args.duration)
+                 median=round(statistics.median(lags), 4), interval_s=args.interval, measured_s=args.duration,
+                 operator_cpu_cores=round(cpu_share, 3), machine_cpus=os.cpu_count(),
+                 load_average_1m=round(os.getloadavg()[0], 2))
             emit(f"operator_rss_mb_{args.rollouts}_rollouts", memory, "<= 300")
         except Exception:
             log = (workdir / "operator.log").read_text(errors="replace")[-3000:]

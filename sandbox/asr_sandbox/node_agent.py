@@ -172,7 +172,7 @@ class NodeAgent:
     def _get(self, path: str) -> dict[str, Any]:
         response = self._session.get(self.api_url + path, timeout=5)
         response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     def sync_once(self) -> None:
         deployments = [d for d in self._get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments")["items"]
@@ -211,20 +211,20 @@ class NodeAgent:
         for pod in current[replicas:]:
             self._terminate(pod)
         for index in range(replicas):
-            pod = self.pods.get(f"{name}-{index}")
-            if pod is None or pod.terminating:
+            member = self.pods.get(f"{name}-{index}")
+            if member is None or member.terminating:
                 continue
             text = self._configmap_text(volumes, configmaps)
-            if text is not None and text != pod.config_text:
-                pod.config_dir.swap(yaml.safe_load(text))  # the kubelet's atomic ..data swap
-                pod.config_text = text
-            if pod.config_text is None:
+            if text is not None and text != member.config_text:
+                member.config_dir.swap(yaml.safe_load(text))  # the kubelet's atomic ..data swap
+                member.config_text = text
+            if member.config_text is None:
                 continue  # a pod whose ConfigMap does not exist yet waits (ContainerCreating)
-            if pod.proc is None or pod.proc.poll() is not None:
-                if pod.proc is not None:
-                    self.restarts[pod.name] = self.restarts.get(pod.name, 0) + 1
-                    log.warning("pod %s exited with %s; restarting", pod.name, pod.proc.returncode)
-                self._spawn(pod, container, volumes)
+            if member.proc is None or member.proc.poll() is not None:
+                if member.proc is not None:
+                    self.restarts[member.name] = self.restarts.get(member.name, 0) + 1
+                    log.warning("pod %s exited with %s; restarting", member.name, member.proc.returncode)
+                self._spawn(member, container, volumes)
 
     @staticmethod
     def _configmap_text(volumes: dict[str, Any], configmaps: dict[str, dict[str, Any]]) -> str | None:

@@ -35,15 +35,10 @@ def first_canary_request(records: Sequence[RequestRecord], start: float, end: fl
 
 def traffic_restored_at(weight_log: Sequence[tuple[float, int]], after: float) -> float | None:
     """First moment at or after `after` when the gateway routed 0 % to the canary."""
-    current = None
-    for at, weight in weight_log:
-        if at <= after:
-            current = weight
-            continue
-        if weight == 0:
-            return after if current == 0 else at
-        current = weight
-    return after if current == 0 else None
+    before = [weight for at, weight in weight_log if at <= after]
+    if before and before[-1] == 0:
+        return after
+    return next((at for at, weight in weight_log if at > after and weight == 0), None)
 
 
 def stable_restarts(run: ScenarioRun) -> int:
@@ -64,10 +59,9 @@ def summarize(run: ScenarioRun, records: Sequence[RequestRecord], weight_log: Se
     if s.expect == REVERTED and run.alert_sent_at is not None:
         back = [r.started for r in records if r.started >= run.alert_sent_at and r.version == run.previous_stable
                 and r.status == 200]
-        first_v3 = min((r.started for r in window if r.version == s.version), default=None)
-        if back and first_v3 is not None:
-            restore_s = min(back) - first_v3
-            note = f"alert -> first answer from {run.previous_stable}: {min(back) - run.alert_sent_at:.1f} s"
+        if back:  # the promoted version held all traffic: restored = answered by the previous one again
+            restore_s = min(back) - run.alert_sent_at
+            note = f"from the alert to the first answer from {run.previous_stable}"
     elif s.expect != PROMOTED:
         first = first_canary_request(records, run.started, run.ended)
         if first is None:
@@ -168,7 +162,8 @@ def plot_timeline(story: StoryRun, path: Path, bin_s: float = 2.0) -> Path:
     ax_w, ax_e, ax_l, ax_v = axes
     end = max([r.started + r.latency_s for r in story.records] + [s.at for s in story.samples] + [t0 + 1]) - t0
 
-    xs, ys = [], []
+    xs: list[float] = []
+    ys: list[int] = []
     for at, weight in story.weight_log:
         if xs:
             xs.append(at - t0)
@@ -218,7 +213,7 @@ def plot_timeline(story: StoryRun, path: Path, bin_s: float = 2.0) -> Path:
     ax_v.set_xlabel("seconds since the demo started")
 
     for run in story.runs:
-        color = "tab:green" if run.scenario.expect == PROMOTED else "tab:red"
+        color = {PROMOTED: "tab:green", REVERTED: "tab:blue"}.get(run.scenario.expect, "tab:red")
         for ax in axes:
             ax.axvspan(run.started - t0, (run.ended or run.started) - t0, color=color, alpha=0.07)
         ax_w.text(run.started - t0, 108, run.scenario.key, fontsize=8, va="bottom")

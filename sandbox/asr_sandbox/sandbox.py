@@ -55,21 +55,21 @@ class Api:
         if response.status_code >= 400:
             raise RuntimeError(f"creating {obj['kind']} {obj['metadata']['name']}: "
                                f"HTTP {response.status_code}: {response.text[:300]}")
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         response = self.session.get(self.path(kind, namespace, name), timeout=10)
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         response = self.session.patch(self.path(kind, namespace, name), json=patch, timeout=10,
                                       headers={"Content-Type": "application/merge-patch+json"})
         if response.status_code >= 400:
             raise RuntimeError(f"patching {kind} {name}: HTTP {response.status_code}: {response.text[:300]}")
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
 
 class OperatorProcess:
@@ -148,6 +148,8 @@ class Sandbox:
 
     def _start(self) -> None:
         # The testbed's emulator subclass; imported, not copied (see docs/contracts.md layout).
+        if str(REPO_ROOT) not in sys.path:  # `tests` lives at the repository root, not in a package
+            sys.path.append(str(REPO_ROOT))
         from tests.support.emulator import EmulatorServer, write_kubeconfig
 
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -85,8 +85,10 @@ class Timeline:
     """Polls the rollout twice a second: records samples, keeps one status line updated in place
     (on a terminal) and prints a line for every change of phase, step, weight or verdict."""
 
-    def __init__(self, sandbox: Sandbox, out: TextIO, started: float, interactive: bool | None = None) -> None:
+    def __init__(self, sandbox: Sandbox, out: TextIO, started: float,
+                 records: Callable[[], list[RequestRecord]], interactive: bool | None = None) -> None:
         self.sandbox = sandbox
+        self.records = records
         self.out = out
         self.started = started
         self.interactive = out.isatty() if interactive is None else interactive
@@ -143,13 +145,13 @@ class Timeline:
                      f" weight={s.weight:>3}%  {s.verdicts}")
         if self.interactive:
             with self._lock:
-                line = (f"{self.clock()}  {self.label}: {s.phase}, routed canary {s.routed_weight}%, "
-                        f"requests {len(self.sandbox_records())}")
+                records = list(self.records())
+                failed = sum(1 for r in records if r.failed)
+                line = (f"{self.clock()}  {self.label}: {s.phase}, routed to canary {s.routed_weight}%, "
+                        f"requests {len(records)} ({failed} failed)")
                 self.out.write("\r\033[K" + line[:150])
                 self.out.flush()
         return s
-
-    sandbox_records: Callable[[], list[RequestRecord]] = staticmethod(lambda: [])  # set by the story
 
 
 def _wait(what: str, probe: Callable[[], bool], timeout_s: float, sandbox: Sandbox, poll_s: float = 0.25) -> None:
@@ -183,10 +185,9 @@ def run_story(sandbox: Sandbox, story: Sequence[sc.Scenario], settings: sc.DemoS
               rate: float, out: TextIO = sys.stdout, scenario_timeout_s: float = 150.0) -> StoryRun:
     started = time.time()
     run = StoryRun(started=started)
-    timeline = Timeline(sandbox, out, started)
     traffic = TrafficGenerator(sandbox.gateway.url, [audio_dir / f"{clip}.wav" for clip in TRAFFIC_CLIPS],
                                rate=rate)
-    timeline.sandbox_records = lambda: traffic.records  # type: ignore[method-assign]
+    timeline = Timeline(sandbox, out, started, records=lambda: traffic.records)
     models_root = sandbox.models_root
     try:
         timeline.say(f"sandbox up: API {sandbox.emulator.url}, Prometheus {sandbox.prometheus.url}, "

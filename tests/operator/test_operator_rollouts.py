@@ -17,8 +17,7 @@ import pytest
 from tests.support.emulator import EmulatorServer
 from tests.support.fake_pods import FakePods, VersionBehaviour
 from tests.support.kube import KubeClient, wait_for
-from tests.support.operator_process import operator_process
-from tests.support.processes import ManagedProcess
+from tests.support.operator_process import OperatorProcess, operator_process
 from tests.support.prometheus import PrometheusServer
 from tests.support.rollouts import (
     RO, condition, config_of, http_route, model, replicas_of, rollout_manifest, start_new_version, status,
@@ -39,7 +38,7 @@ class Scenario:
                  kubeconfig: Path, workdir: Path, namespace: str) -> None:
         self.api, self.kube, self.pods, self.prometheus = api, kube, pods, prometheus
         self.kubeconfig, self.workdir, self.ns = kubeconfig, workdir, namespace
-        self.operator: ManagedProcess | None = None
+        self.operator: OperatorProcess | None = None
         self.starts = 0
 
     def start_operator(self) -> None:
@@ -83,6 +82,17 @@ class Scenario:
 
     def phase(self, name: str, phases: str | tuple[str, ...], timeout: float = 30) -> dict[str, Any]:
         return wait_phase(self.kube, self.ns, name, phases, timeout, context=self.log)
+
+    def manual_pause(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait for a `pause: {}` step (not a pause the analysis caused, e.g. while the new
+        canary has too little traffic yet: `promote` would only resume that one)."""
+        def probe() -> dict[str, Any] | None:
+            current = status(self.kube, self.ns, name)
+            paused = condition(current, "Paused") or {}
+            if current.get("phase") == "Paused" and paused.get("reason") == "ManualPause":
+                return current
+            return None
+        return wait_for(probe, timeout, f"{name} paused by a pause step", context=self.log)
 
     def settled_on(self, name: str, version: str, timeout: float = 30) -> dict[str, Any]:
         """Wait until `version` is stable and served by the stable pods."""
@@ -160,6 +170,53 @@ def test_happy_path_promotes_by_hot_reload_without_restarting_stable(scenario: S
                  s.history_of(("apps", "v1", "deployments"), f"{name}-stable")}
     assert templates == {repr(stable_template)}
     assert any(e["reason"] for e in s.events(name))
+    assert_children_follow_the_contract(s, name)
+    # The operator's own metrics say the same (docs/contracts.md, "Operator metrics").
+    assert s.operator is not None
+    samples = operator_samples(s.operator)
+    assert samples[("asr_rollout_phase", (("namespace", ns), ("phase", "Succeeded"), ("rollout", name)))] == 1.0
+    assert samples[("asr_rollout_phase", (("namespace", ns), ("phase", "Progressing"), ("rollout", name)))] == 0.0
+    assert samples[("asr_rollout_canary_weight", (("namespace", ns), ("rollout", name)))] == 0.0
+
+
+def operator_samples(operator: OperatorProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The operator's /metrics as {(sample name, sorted labels): value}."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+    text = requests.get(operator.metrics_url, timeout=5).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def assert_children_follow_the_contract(s: Scenario, name: str) -> None:
+    """Names, labels, ownerReferences, env and mounts as docs/contracts.md fixes them."""
+    ns = s.ns
+    uid = s.kube.rollout(ns, name)["metadata"]["uid"]
+    owned = [s.kube.get("v1", "configmaps", ns, f"{name}-{t}-model") for t in ("stable", "canary")]
+    owned += [s.kube.get("apps/v1", "deployments", ns, f"{name}-{t}") for t in ("stable", "canary")]
+    owned += [s.kube.get("v1", "services", ns, f"{name}-{t}") for t in ("stable", "canary")]
+    for obj in owned:
+        refs = obj["metadata"].get("ownerReferences") or []
+        assert [(r["kind"], r["name"], r.get("uid")) for r in refs] == [("ASRModelRollout", name, uid)], obj["metadata"]
+    for track in ("stable", "canary"):
+        deployment = s.kube.get("apps/v1", "deployments", ns, f"{name}-{track}")
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["labels"] == {
+            "app.kubernetes.io/name": "asr-inference-server", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": "asr-rollout", "asr.rollout.dev/rollout": name,
+            "asr.rollout.dev/track": track}
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ASR_ROLLOUT"]["value"] == name and env["ASR_TRACK"]["value"] == track
+        assert env["ASR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/models"]["readOnly"] is True and "/etc/asr/model" in mounts
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes[mounts["/etc/asr/model"]["name"]]["configMap"]["name"] == f"{name}-{track}-model"
+        assert volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]["claimName"] == "asr-models"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
 
 
 def test_breach_rolls_back_and_reverts_the_canary_configmap(scenario: Scenario) -> None:
@@ -284,11 +341,11 @@ def test_spec_change_mid_rollout_supersedes_the_running_canary(scenario: Scenari
     s.create(name, "v1", steps=MANUAL_STEPS)
     s.settled_on(name, "v1")
     start_new_version(s.kube, ns, name, "v2")
-    assert s.phase(name, "Paused", timeout=30)["canaryVersion"] == "v2"
+    assert s.manual_pause(name)["canaryVersion"] == "v2"
     start_new_version(s.kube, ns, name, "v3")
     wait_for(lambda: status(s.kube, ns, name).get("canaryVersion") == "v3"
              and config_of(s.kube, ns, name, "canary")["version"] == "v3", 20, "canary on v3", context=s.log)
-    paused = s.phase(name, "Paused", timeout=30)
+    paused = s.manual_pause(name)
     assert paused["canaryVersion"] == "v3" and paused["stableVersion"] == "v1"
     annotate(s, name, "promote", "true")
     final = s.settled_on(name, "v3", timeout=40)
@@ -305,7 +362,7 @@ def test_manual_promote_then_rollback_to_a_version_from_history(scenario: Scenar
     s.create(name, "v1", steps=MANUAL_STEPS)
     s.settled_on(name, "v1")
     start_new_version(s.kube, ns, name, "v2")
-    s.phase(name, "Paused", timeout=30)
+    s.manual_pause(name)
     time.sleep(2)  # a pause without duration waits for a person, however long
     assert status(s.kube, ns, name)["phase"] == "Paused"
     annotate(s, name, "promote", "true")
@@ -328,7 +385,7 @@ def test_manual_abort_then_retry(scenario: Scenario) -> None:
     s.create(name, "v1", steps=MANUAL_STEPS)
     s.settled_on(name, "v1")
     start_new_version(s.kube, ns, name, "v2")
-    s.phase(name, "Paused", timeout=30)
+    s.manual_pause(name)
     annotate(s, name, "abort", "true")
     aborted = s.phase(name, "RolledBack", timeout=30)
     assert aborted["failedVersion"] == "v2" and aborted["stableVersion"] == "v1"
@@ -339,7 +396,7 @@ def test_manual_abort_then_retry(scenario: Scenario) -> None:
     annotate(s, name, "retry", "true")
     retried = s.phase(name, ("Progressing", "Paused"), timeout=30)
     assert retried["canaryVersion"] == "v2"
-    s.phase(name, "Paused", timeout=30)
+    s.manual_pause(name)
     annotate(s, name, "promote", "true")
     final = s.settled_on(name, "v2", timeout=40)
     assert "asr.rollout.dev/retry" not in annotations_of(s, name)
@@ -389,7 +446,8 @@ def test_operator_killed_in_every_phase_resumes_to_the_same_outcome(scenario: Sc
     start_new_version(s.kube, ns, name, "v2")
 
     def person(st: dict[str, Any], fired: list[str]) -> None:
-        if st.get("phase") == "Paused" and "Paused" in fired and \
+        manual = (condition(st, "Paused") or {}).get("reason") == "ManualPause"
+        if st.get("phase") == "Paused" and manual and "Paused" in fired and \
                 "asr.rollout.dev/promote" not in annotations_of(s, name):
             annotate(s, name, "promote", "true")
     fired = drive_with_kills(
@@ -419,3 +477,23 @@ def test_operator_killed_in_every_phase_resumes_to_the_same_outcome(scenario: Sc
     assert replicas_of(s.kube, ns, name, "canary") == 0
     entries = [h for h in final.get("history") or [] if h.get("version") == "v3"]
     assert [h["outcome"] for h in entries] == ["RolledBack"], entries
+
+
+def test_children_changed_by_others_are_put_back(scenario: Scenario) -> None:
+    s, ns, name = scenario, scenario.ns, "drift"
+    s.pods.watch(ns, name, default=GOOD)
+    s.start_operator()
+    s.create(name, "v1", steps=MANUAL_STEPS)
+    s.settled_on(name, "v1")
+    start_new_version(s.kube, ns, name, "v2")
+    s.manual_pause(name)  # the operator still ticks every analysis interval here
+    canary_replicas = replicas_of(s.kube, ns, name, "canary")
+    # Someone points the canary at another model and scales it by hand.
+    s.kube.patch("v1", "configmaps", ns, f"{name}-canary-model",
+                 {"data": {"model.yaml": "name: paraformer-tiny\nversion: v9\npath: paraformer-tiny/v9\n"}})
+    s.kube.patch("apps/v1", "deployments", ns, f"{name}-canary", {"spec": {"replicas": 7}})
+    # The operator re-checks unchanged children every 30 s (Reconciler.drift_check_seconds).
+    wait_for(lambda: config_of(s.kube, ns, name, "canary")["version"] == "v2"
+             and replicas_of(s.kube, ns, name, "canary") == canary_replicas, 45,
+             "the canary ConfigMap and replicas put back", context=s.log)
+    assert status(s.kube, ns, name)["canaryVersion"] == "v2"

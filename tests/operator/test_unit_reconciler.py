@@ -73,7 +73,7 @@ def route(ns: str, name: str) -> dict[str, Any]:
 async def reconciler(api: EmulatorServer) -> AsyncIterator[tuple[Reconciler, Metrics]]:
     metrics = Metrics()
     client = KubeApi(kopf.ConnectionInfo(server=api.url))
-    yield Reconciler(client, Pool(metrics)), metrics
+    yield Reconciler(client, Pool(metrics), drift_check_seconds=0.0), metrics
     await client.close()
 
 
@@ -162,7 +162,7 @@ async def test_promotion_waits_for_the_stable_pods_to_serve_the_new_version(
 
 async def test_children_edited_by_others_are_put_back(kube: KubeClient,
                                                        reconciler: tuple[Reconciler, Metrics]) -> None:
-    rec, _ = reconciler
+    rec, _ = reconciler  # drift_check_seconds=0: every tick compares (the default is 30 s)
     ns, name = "rec-drift", "drift"
     kube.create(route(ns, name))
     kube.create(manifest(ns, name, "v1"))
@@ -190,7 +190,25 @@ async def test_a_missing_httproute_is_reported(kube: KubeClient, reconciler: tup
     rec, _ = reconciler
     ns, name = "rec-noroute", "noroute"
     kube.create(manifest(ns, name, "v1"))
-    with pytest.raises(Exception, match="HTTPRoute rec-noroute/noroute-route"):
-        await rec.settle(ns, name)
+    for _ in range(3):
+        with pytest.raises(Exception, match="HTTPRoute rec-noroute/noroute-route"):
+            await rec.settle(ns, name)
     events = [e for e in kube.list("v1", "events", ns) if e["reason"] == "ReconcileError"]
-    assert events and "does not exist" in events[0]["message"]
+    assert len(events) == 1 and "does not exist" in events[0]["message"]  # once, not on every retry
+    ready_condition = next(c for c in kube.rollout(ns, name)["status"]["conditions"] if c["type"] == "ChildrenReady")
+    assert ready_condition["status"] == "False" and "create it with a backendRef" in ready_condition["message"]
+    kube.create(route(ns, name))
+    await rec.settle(ns, name)
+    ready_condition = next(c for c in kube.rollout(ns, name)["status"]["conditions"] if c["type"] == "ChildrenReady")
+    assert ready_condition["status"] == "True"
+
+
+def test_status_patches_delete_what_the_new_status_dropped() -> None:
+    """A JSON merge patch merges nested objects, so a key gone at any depth must be sent as null."""
+    from asr_operator.reconciler import _as_patch
+    old = {"phase": "Progressing", "stableModel": {"version": "v1", "sha256": "a" * 64},
+           "conditions": [{"type": "A"}], "canaryVersion": "v2"}
+    new = {"phase": "Succeeded", "stableModel": {"version": "v2"}, "conditions": [{"type": "A"}]}
+    assert _as_patch(old, new) == {"phase": "Succeeded", "stableModel": {"version": "v2", "sha256": None},
+                                   "canaryVersion": None}
+    assert _as_patch(new, new) == {}

@@ -11,15 +11,26 @@ from tests.support.processes import ManagedProcess
 from tests.support.prometheus import free_port
 
 
+class OperatorProcess(ManagedProcess):
+    metrics_port: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
 def operator_process(namespaces: Sequence[str], kubeconfig: Path, log_path: Path,
-                     extra_args: Sequence[str] = ()) -> ManagedProcess:
+                     extra_args: Sequence[str] = ()) -> OperatorProcess:
     """`python -m asr_operator --standalone --disable-scanning --namespace NS...`, its own
     metrics on a free port, no alert webhook; KUBECONFIG points at the emulator."""
+    metrics_port = free_port()
     argv = [sys.executable, "-m", "asr_operator", "--standalone", "--disable-scanning",
-            "--metrics-port", str(free_port()), "--webhook-port", "0", "--verbose"]
+            "--metrics-port", str(metrics_port), "--webhook-port", "0", "--verbose"]
     for namespace in namespaces:
         argv += ["--namespace", namespace]
     argv += list(extra_args)
     pythonpath = os.pathsep.join(str(REPO_ROOT / p) for p in ("operator", "sandbox", "."))
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
-    return ManagedProcess(argv, log_path, env=env, cwd=REPO_ROOT)
+    process = OperatorProcess(argv, log_path, env=env, cwd=REPO_ROOT)
+    process.metrics_port = metrics_port
+    return process

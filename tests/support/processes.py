@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Self, Sequence
 
 
 class ManagedProcess:
@@ -20,7 +20,7 @@ class ManagedProcess:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "ManagedProcess":
+    def start(self) -> Self:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
@@ -56,7 +56,7 @@ class ManagedProcess:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> "ManagedProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

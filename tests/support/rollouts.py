@@ -19,8 +19,11 @@ def model(version: str) -> dict[str, Any]:
 def rollout_manifest(namespace: str, name: str, version: str, prometheus_url: str,
                      steps: list[dict[str, Any]] | None = None, gateway_route: str | None = None,
                      replicas: int = 2, **analysis: Any) -> dict[str, Any]:
+    # The operator measures as soon as a weight is set, before a new canary can have served
+    # minRequests: a generous inconclusiveLimit keeps those first ticks from pausing the rollout
+    # (tests about the inconclusive pause set their own, smaller limit).
     settings = {"interval": "1s", "window": "4s", "minRequests": 10, "failureLimit": 2,
-                "inconclusiveLimit": 3, "errorLimit": 3}
+                "inconclusiveLimit": 10, "errorLimit": 3}
     settings.update(analysis)
     return {
         "apiVersion": "asr.rollout.dev/v1alpha1", "kind": "ASRModelRollout",

@@ -6,6 +6,7 @@ reports the effective weight and says it is approximate.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +39,17 @@ class ReplicaRatioRouter(TrafficRouter):
 
     approximate = True
 
-    def __init__(self, api: kube.KubeApi, namespace: str, rollout: str, spec: RolloutSpec):
+    def __init__(self, api: kube.KubeApi, namespace: str, rollout: str, spec: RolloutSpec,
+                 get: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None):
         self._api = api
         self._namespace = namespace
         self._rollout = rollout
         self._spec = spec
+        self._get = get or api.get  # the reconciler passes its per-tick cache
 
     async def set_weight(self, weight: int, owner: dict[str, Any]) -> None:
         desired = children.combined_service(self._namespace, self._rollout, owner)
-        live = await self._api.get(kube.service_path(self._namespace, self._rollout))
+        live = await self._get(kube.service_path(self._namespace, self._rollout))
         if live is None:
             await self._api.create(kube.service_path(self._namespace), desired)
         elif not children.contains(live, desired):
@@ -56,7 +59,7 @@ class ReplicaRatioRouter(TrafficRouter):
     async def current_weight(self) -> int | None:
         counts = []
         for track in ("stable", "canary"):
-            live = await self._api.get(kube.deployment_path(self._namespace, f"{self._rollout}-{track}"))
+            live = await self._get(kube.deployment_path(self._namespace, f"{self._rollout}-{track}"))
             if live is None:
                 if track == "stable":
                     raise RouterError(f"Deployment {self._rollout}-stable does not exist yet")

@@ -1,0 +1,99 @@
+"""The sandbox's decisions, tested without starting anything: routing by HTTPRoute weights, the
+node agent's pod-template handling, judging a scenario, measuring time to restored traffic."""
+from __future__ import annotations
+
+import pytest
+
+from asr_sandbox import scenarios as sc
+from asr_sandbox.gateway import WeightedChooser, canary_weight
+from asr_sandbox.node_agent import PodProcess, deployment_status, map_args, resolve_env
+from asr_sandbox.report import traffic_restored_at
+
+
+def _route(stable: int, canary: int | None) -> dict:  # type: ignore[type-arg]
+    refs = [{"name": "r-stable", "port": 8000, "weight": stable}]
+    if canary is not None:
+        refs.append({"name": "r-canary", "port": 8000, "weight": canary})
+    return {"spec": {"rules": [{"backendRefs": [{"name": "other", "weight": 7}]}, {"backendRefs": refs}]}}
+
+
+@pytest.mark.parametrize(("stable", "canary", "expected"), [(100, None, 0), (75, 25, 25), (0, 100, 100), (0, 0, 0),
+                                                            (1, 1, 50)])
+def test_canary_weight_from_the_route(stable: int, canary: int | None, expected: int) -> None:
+    assert canary_weight(_route(stable, canary), "r-stable", "r-canary") == expected
+
+
+def test_canary_weight_unknown_without_the_rollouts_services() -> None:
+    assert canary_weight({"spec": {"rules": [{"backendRefs": [{"name": "x"}]}]}}, "r-stable", "r-canary") is None
+    assert canary_weight(None, "r-stable", "r-canary") is None
+
+
+@pytest.mark.parametrize("weight", [0, 10, 25, 50, 100])
+def test_weighted_chooser_sends_exactly_the_weight_share(weight: int) -> None:
+    chooser = WeightedChooser()
+    picks = [chooser.choose(weight) for _ in range(100)]
+    assert picks.count("canary") == weight
+
+
+def test_pod_args_are_mapped_to_local_volumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args = ["--model-config", "/etc/asr/model/model.yaml", "--models-root", "/models", "--x", "/modelsx"]
+    mapped = map_args(args, {"/etc/asr/model": tmp_path / "cm", "/models": tmp_path / "m"})
+    assert mapped == ["--model-config", str(tmp_path / "cm" / "model.yaml"), "--models-root", str(tmp_path / "m"),
+                      "--x", "/modelsx"]
+
+
+def test_pod_env_fills_the_downward_api() -> None:
+    env = resolve_env([{"name": "ASR_TRACK", "value": "canary"},
+                       {"name": "ASR_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                       {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}], "ns", "p-0")
+    assert env == {"ASR_TRACK": "canary", "ASR_NAMESPACE": "ns", "POD_NAME": "p-0"}
+    with pytest.raises(ValueError, match="only fieldRef"):
+        resolve_env([{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}], "ns", "p")
+
+
+def test_deployment_status_counts_ready_pods_and_ignores_terminating(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from asr_sandbox import ConfigMapDir
+
+    def pod(name: str, ready: bool, terminating: bool = False) -> PodProcess:
+        return PodProcess(name, "d", "stable", tmp_path, ConfigMapDir(tmp_path / name), ready=ready,
+                          terminating=terminating)
+    status = deployment_status({"metadata": {"generation": 4}},
+                               [pod("a", True), pod("b", False), pod("c", True, terminating=True)])
+    assert status == {"observedGeneration": 4, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1,
+                      "availableReplicas": 1}
+
+
+def test_traffic_restored_at_the_first_zero_weight_after_the_first_bad_request() -> None:
+    log = [(0.0, 0), (10.0, 25), (20.0, 50), (30.0, 0), (40.0, 25)]
+    assert traffic_restored_at(log, 12.0) == 30.0
+    assert traffic_restored_at(log, 31.0) == 31.0  # already restored
+    assert traffic_restored_at(log, 41.0) is None  # never restored
+
+
+def test_model_spec_patch_removes_the_vad_path_of_the_previous_version() -> None:
+    errors = next(s for s in sc.STORY if s.key == "errors")
+    assert sc.model_spec(errors, None)["vadPath"] is None  # JSON merge patch: null deletes
+    assert "vadPath" in sc.model_spec(sc.FIRST, None)
+
+
+def _status(phase: str, stable: str, reason: str, metric_phase: str, version: str) -> dict:  # type: ignore[type-arg]
+    return {"phase": phase, "stableVersion": stable,
+            "history": [{"version": version, "outcome": "RolledBack"}],
+            "conditions": [{"type": "Progressing", "reason": reason}],
+            "analysis": {"metrics": [{"name": "error-rate", "phase": metric_phase}]}}
+
+
+def test_judge_accepts_only_the_expected_guard() -> None:
+    errors = next(s for s in sc.STORY if s.key == "errors")
+    assert sc.judge(errors, _status("RolledBack", "v2", "AnalysisFailed", "Failed", "v3-broken"), "v2")[0]
+    # rolled back, but by the progress deadline: not what this scenario is about
+    assert not sc.judge(errors, _status("RolledBack", "v2", "ProgressDeadlineExceeded", "Inconclusive",
+                                        "v3-broken"), "v2")[0]
+    assert not sc.judge(errors, _status("Succeeded", "v3-broken", "Promoted", "Successful", "v3-broken"), "v2")[0]
+
+
+def test_demo_refuses_a_bad_rate() -> None:
+    from asr_sandbox.demo import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--rate", "0"])
