@@ -30,28 +30,31 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> np.nd
     if len(data) > limits.max_bytes:
         raise too_large(f"the uploaded file is {len(data)} bytes; the limit is {limits.max_bytes}", param)
     try:
-        info = sf.info(io.BytesIO(data))
+        sound = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:  # libsndfile raises several types for junk input
         raise bad_request(
             f"the uploaded file is not audio this server can decode ({_short(exc)}); "
             "send WAV, FLAC or OGG", param, "invalid_audio") from None
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise bad_request("the uploaded audio holds no samples (empty or truncated file)", param, "invalid_audio")
-    if not MIN_INPUT_RATE <= info.samplerate <= MAX_INPUT_RATE:
-        raise bad_request(
-            f"sample rate {info.samplerate} Hz is not supported; send {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz "
-            f"audio ({SAMPLE_RATE} Hz is used as is, others are resampled)", param, "unsupported_sample_rate")
-    seconds = info.frames / info.samplerate
-    if seconds < MIN_SECONDS:
-        raise bad_request(f"the audio is {seconds * 1000:.0f} ms long; the minimum is {MIN_SECONDS * 1000:.0f} ms",
-                          param, "audio_too_short")
-    if seconds > limits.max_seconds:
-        raise too_large(f"the audio is {seconds:.1f} s long; the limit is {limits.max_seconds:.0f} s", param)
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise bad_request(f"the uploaded audio is truncated or corrupt ({_short(exc)})", param,
-                          "invalid_audio") from None
+    with sound:
+        rate, frames = sound.samplerate, sound.frames
+        if frames <= 0 or rate <= 0:
+            raise bad_request("the uploaded audio holds no samples (empty or truncated file)", param,
+                              "invalid_audio")
+        if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+            raise bad_request(
+                f"sample rate {rate} Hz is not supported; send {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz "
+                f"audio ({SAMPLE_RATE} Hz is used as is, others are resampled)", param, "unsupported_sample_rate")
+        seconds = frames / rate
+        if seconds < MIN_SECONDS:
+            raise bad_request(f"the audio is {seconds * 1000:.0f} ms long; the minimum is {MIN_SECONDS * 1000:.0f} ms",
+                              param, "audio_too_short")
+        if seconds > limits.max_seconds:
+            raise too_large(f"the audio is {seconds:.1f} s long; the limit is {limits.max_seconds:.0f} s", param)
+        try:
+            samples = sound.read(dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise bad_request(f"the uploaded audio is truncated or corrupt ({_short(exc)})", param,
+                              "invalid_audio") from None
     if samples.shape[0] == 0:
         raise bad_request("the uploaded audio holds no samples (empty or truncated file)", param, "invalid_audio")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]

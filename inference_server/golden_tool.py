@@ -13,7 +13,7 @@ from inference_server.golden_eval import create_golden_set, read_refs
 from inference_server.manifest import MANIFEST_NAME, IntegrityError, require_verified, write_manifest
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("golden", help="create or check the golden set of a version directory")
     gsub = p.add_subparsers(dest="golden_command", required=True)
     create = gsub.add_parser("create", help="copy clips into DIR/golden/, write its manifest.jsonl, "

@@ -32,32 +32,35 @@ class InferenceScheduler:
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
-        self.waiting = 0   # admitted, not yet started on a worker
-        self.running = 0
+        # Jobs submitted and not finished. With one worker the oldest one runs and the rest
+        # wait; counting this way needs no event-loop wake-up when a job starts (a wake-up
+        # there would contend for the GIL with the job that just started).
+        self.pending = 0
+
+    @property
+    def running(self) -> int:
+        return min(self.pending, 1)
+
+    @property
+    def waiting(self) -> int:
+        return max(self.pending - 1, 0)
 
     def _set_depth(self) -> None:
         self.metrics.queue_depth.labels(**self.metrics.pod).set(self.waiting)
 
     def admit(self) -> None:
-        """Raise 503 + Retry-After when the queue is full. Call before reading big uploads' work."""
+        """Raise 503 + Retry-After when the queue is full; handlers call it before reading uploads."""
         if not should_admit(self.waiting, self.max_queue):
             raise overloaded(self.retry_after_s)
 
     async def run(self, model: LoadedModel, fn: Callable[[], T], timeout_s: float | None = None) -> T:
-        """Run `fn` on `model`'s worker thread; the caller must hold a lease on `model`.
+        """Run `fn` on the worker thread; the caller must hold a lease on `model`.
 
         A second lease is taken for the job itself and dropped only when the thread finishes,
         even if the request gave up waiting (timeout), so the model outlives its last job."""
         self.admit()
-        loop = asyncio.get_running_loop()
-        self.waiting += 1
-        self._set_depth()
-        started = False
 
         def job() -> T:
-            nonlocal started
-            started = True
-            loop.call_soon_threadsafe(self._job_started)
             model.ensure_threads()
             return fn()
 
@@ -66,19 +69,16 @@ class InferenceScheduler:
             cfut = self.worker.submit(job)
         except RuntimeError:  # worker shut down: the server is exiting
             model.release()
-            self.waiting -= 1
-            self._set_depth()
             raise APIError(503, "the server is shutting down; retry", type="server_shutting_down",
                            headers={"Retry-After": "1"}) from None
+        self.pending += 1
+        self._set_depth()
         afut = asyncio.wrap_future(cfut)
 
-        def finished(_: object) -> None:
+        def finished(_: object) -> None:  # on the event loop; also after a cancel
             model.release()
-            if started:
-                self.running -= 1
-            else:  # cancelled before it started
-                self.waiting -= 1
-                self._set_depth()
+            self.pending -= 1
+            self._set_depth()
 
         afut.add_done_callback(finished)
         limit = self.timeout_s if timeout_s is None else timeout_s
@@ -91,9 +91,3 @@ class InferenceScheduler:
 
     def close(self) -> None:
         self.worker.shutdown(wait=True)
-
-    def _job_started(self) -> None:
-        self.waiting -= 1
-        self.running += 1
-        self._set_depth()
-

@@ -58,7 +58,7 @@ def configure(options: OperatorOptions) -> None:
 def _reconciler() -> Reconciler:
     if RUNTIME.reconciler is None:
         info = RUNTIME.connection or kube.login_info()
-        RUNTIME.reconciler = Reconciler(kube.KubeApi(info), SourcePool(), RUNTIME.metrics)
+        RUNTIME.reconciler = Reconciler(kube.KubeApi(info, relogin=kube.login_info), SourcePool(), RUNTIME.metrics)
     return RUNTIME.reconciler
 
 

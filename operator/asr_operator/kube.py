@@ -14,7 +14,7 @@ import os
 import ssl
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -91,8 +91,10 @@ def _client_cert_files(info: kopf.ConnectionInfo) -> tuple[str, str | None]:
 class KubeApi:
     """JSON over HTTP to the Kubernetes API. Methods return parsed bodies; 404 on get is None."""
 
-    def __init__(self, info: kopf.ConnectionInfo, timeout_seconds: float = 10.0):
+    def __init__(self, info: kopf.ConnectionInfo, timeout_seconds: float = 10.0,
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None):
         self._info = info
+        self._relogin = relogin  # on 401: read credentials again (service-account tokens rotate)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
@@ -116,6 +118,18 @@ class KubeApi:
 
     async def request(self, method: str, path: str, body: Any = None,
                       content_type: str = "application/json") -> Any:
+        try:
+            return await self._request(method, path, body, content_type)
+        except KubeError as error:
+            if error.status != 401 or self._relogin is None:
+                raise
+            self._info = self._relogin()
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+            return await self._request(method, path, body, content_type)
+
+    async def _request(self, method: str, path: str, body: Any, content_type: str) -> Any:
         session = await self._client()
         headers = {"Content-Type": content_type} if body is not None else {}
         async with session.request(method, self.server + path, json=body, headers=headers) as response:

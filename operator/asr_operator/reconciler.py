@@ -151,9 +151,16 @@ class Reconciler:
                     self.sources.get(spec.analysis.prometheus_address), namespace, name, "stable")
             except QueryFailed as error:
                 log.info("%s/%s: served versions unknown: %s", namespace, name, error)
+        canary_versions = None
+        if needs.canary_versions and spec.analysis is not None:
+            try:
+                canary_versions = await measuring.served_versions(
+                    self.sources.get(spec.analysis.prometheus_address), namespace, name, "canary")
+            except QueryFailed as error:
+                log.info("%s/%s: canary versions unknown: %s", namespace, name, error)
         return Observations(generation=generation, annotations=annotations, stable=stable, canary=canary,
                             traffic_weight=weight, canary_config=canary_config, analysis=analysis,
-                            served_versions=served)
+                            served_versions=served, canary_versions=canary_versions)
 
     async def act(self, body: Mapping[str, Any], spec: RolloutSpec | InvalidSpec, old_status: Mapping[str, Any],
                   decision: Decision, cache: dict[str, dict[str, Any] | None]) -> None:

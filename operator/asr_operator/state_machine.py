@@ -73,6 +73,7 @@ class Observations:
     canary_config: ModelRef | None = None  # what the canary ConfigMap points at now
     analysis: AnalysisRun | None = None  # measured this tick (only when wants().analysis)
     served_versions: Mapping[str, int] | None = None  # stable pods per version (wants().served_versions)
+    canary_versions: Mapping[str, int] | None = None  # canary pods per version (wants().canary_versions)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Needs:
     analysis: bool = False
     served_versions: bool = False
     rollback_check: bool = False  # the live weight and canary ConfigMap, to confirm a rollback
+    canary_versions: bool = False  # canary pods per version, after a superseding hot reload
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -180,9 +182,12 @@ def analysis_due(spec: RolloutSpec, status: Mapping[str, Any], now: datetime.dat
 def wants(spec: RolloutSpec | None, status: Mapping[str, Any], now: datetime.datetime) -> Needs:
     if spec is None:
         return Needs()
-    promoting = status.get("phase") == PROMOTING and spec.analysis is not None and bool(spec.analysis.prometheus_address)
-    return Needs(analysis=analysis_due(spec, status, now), served_versions=promoting,
-                 rollback_check=status.get("phase") == ROLLING_BACK)
+    prometheus = spec.analysis is not None and bool(spec.analysis.prometheus_address)
+    return Needs(analysis=analysis_due(spec, status, now),
+                 served_versions=prometheus and status.get("phase") == PROMOTING,
+                 rollback_check=status.get("phase") == ROLLING_BACK,
+                 canary_versions=prometheus and status.get("phase") in CANARY_PHASES
+                 and bool(status.get("canaryReloading")))
 
 
 def _history_entry(model: ModelRef, outcome: str, reason: str, now: datetime.datetime) -> dict[str, Any]:
@@ -265,11 +270,13 @@ class _Tick:
         return bool(self.s.get("failedSpec")) and self.s.get("failedSpec") == self.spec.fingerprint
 
     # transitions
-    def start_canary(self, reason: str) -> None:
+    def start_canary(self, reason: str, reload: bool = False) -> None:
+        """`reload`: running canary pods hot-reload the new model (a superseded canary); no
+        traffic goes to them until they report serving it."""
         model = self.spec.model
         self.s.update(canaryModel=model.to_status(), canaryVersion=model.version, canaryWeight=0,
                       currentStep=0, counters={"failed": 0, "inconclusive": 0, "errors": 0},
-                      analysis={}, failedSpec=None)
+                      analysis={}, failedSpec=None, canaryReloading=reload or None)
         # New canary pods are not ready yet: the progress deadline counts from now.
         for key in ("stepStartedAt", "rolloutStartedAt", "weightSetAt", "canaryUnreadySince"):
             self.stamp(key)
@@ -399,7 +406,7 @@ def _initial(tick: _Tick) -> None:
         return
     waited = seconds_between(tick.s.get("rolloutStartedAt"), tick.now) or 0.0
     deadline = spec.strategy.progress_deadline_seconds
-    if waited > deadline:
+    if waited >= deadline:
         reason = f"stable pods of {spec.model.version} not ready after {deadline:g}s (progressDeadlineSeconds)"
         tick.s["failedSpec"] = spec.fingerprint
         tick.s["failedVersion"] = spec.model.version
@@ -562,7 +569,7 @@ def _advance(tick: _Tick) -> None:
                               failed=False)
             else:
                 tick.event("Superseded", f"spec changed mid-rollout: canary {canary.version} replaced by {spec.model.version}")
-                tick.start_canary(f"supersedes {canary.version}")
+                tick.start_canary(f"supersedes {canary.version}", reload=True)
             return
         else:
             _canary(tick)
@@ -606,7 +613,7 @@ def _promoting(tick: _Tick) -> None:
         return
     waited = seconds_between(tick.s.get("stepStartedAt"), tick.now) or 0.0
     deadline = spec.strategy.progress_deadline_seconds
-    if waited > deadline:
+    if waited >= deadline:
         seen = ", ".join(f"{version}: {count}" for version, count in sorted((served or {}).items())) or "nothing"
         tick.rollback(f"stable pods did not serve {canary.version} within {deadline:g}s (serving {seen})",
                       "PromotionTimedOut")
@@ -619,12 +626,19 @@ def _canary(tick: _Tick) -> None:
     _, canary_wanted = desired_replicas(spec, tick.s)
     canary_state = tick.obs.canary
     ready = canary_wanted == 0 or (canary_state is not None and canary_state.ready_for(canary_wanted))
+    if ready and tick.s.get("canaryReloading"):
+        if canary_wanted == 0:
+            # No canary pod runs (replicaRatio at weight 0), so none can report a reload; pods
+            # started later read the new ConfigMap from the start: their readiness says it then.
+            tick.s["canaryReloading"] = None
+        else:
+            ready = _canary_reloaded(tick)
     deadline = spec.strategy.progress_deadline_seconds
     if not ready:
         if not tick.s.get("canaryUnreadySince"):
             tick.stamp("canaryUnreadySince")
         waited = seconds_between(tick.s.get("canaryUnreadySince"), tick.now) or 0.0
-        if waited > deadline:
+        if waited >= deadline:
             tick.rollback(f"canary pods not ready after {deadline:g}s (progressDeadlineSeconds)",
                           "ProgressDeadlineExceeded")
             return
@@ -641,6 +655,22 @@ def _canary(tick: _Tick) -> None:
     if ready:
         _run_steps(tick)
     _schedule_analysis(tick)
+
+
+def _canary_reloaded(tick: _Tick) -> bool:
+    """After a superseding spec change the running canary pods hot-reload: they are ready all
+    along (serving the old model), so readiness alone cannot say the new model serves."""
+    analysis = tick.spec.analysis
+    version = tick.s.get("canaryVersion")
+    served = tick.obs.canary_versions
+    if analysis is None or not analysis.prometheus_address:
+        reloaded = True  # no Prometheus to ask: readiness is all there is
+    else:
+        reloaded = served is not None and set(served) == {version}
+    if reloaded:
+        tick.s["canaryReloading"] = None
+        tick.event("CanaryReloaded", f"canary pods serve {version}")
+    return reloaded
 
 
 def _schedule_analysis(tick: _Tick) -> None:

@@ -240,3 +240,22 @@ def test_fake_pods_act_as_kubelet_and_metrics_reach_a_real_prometheus(
             wait_for(lambda: kube.get("apps/v1", "deployments", ns, f"{name}-canary")["status"]["readyReplicas"] == 0,
                      10, "canary readiness withheld")
         assert not pods.errors, pods.errors
+
+
+def test_optional_schema_validation_rejects_what_a_cluster_would() -> None:
+    from tests.support.crd_schema import load_crd
+    from tests.support.emulator import ApiEmulator
+    with EmulatorServer(ApiEmulator(validate_crds=True)) as strict:
+        strict.emulator.register_crd(load_crd())
+        client = KubeClient(strict.url)
+        bad = rollout("strict", "h-strict")
+        bad["spec"]["model"]["path"] = "../../etc"
+        with pytest.raises(ApiError) as e:
+            client.create(bad)
+        assert e.value.status == 422 and "spec.model.path" in e.value.body["message"]
+        created = client.create(rollout("strict", "h-strict"))
+        with pytest.raises(ApiError) as e:
+            client.patch(*RO, "h-strict", "strict", {"spec": {"strategy": {"steps": [{"setWeight": 101}]}}})
+        assert e.value.status == 422 and "setWeight" in e.value.body["message"]
+        assert client.rollout("h-strict", "strict")["metadata"]["resourceVersion"] == \
+            created["metadata"]["resourceVersion"]

@@ -119,6 +119,7 @@ class Scenario:
     def stop(self) -> None:
         if self.operator is not None:
             self.operator.stop()
+        self.pods.forget(self.ns)
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ class World:
     pods_start: bool = True  # a Deployment controller makes every asked-for pod ready
     annotations: dict[str, str] = field(default_factory=dict)
     served: dict[str, int] | None = None  # stable pods per version; None = follow the ConfigMap
+    canary_serves: dict[str, int] | None = None  # canary pods per version; None = follow the ConfigMap
     generation: int = 1
     decisions: list[Decision] = field(default_factory=list)
     weights_seen: list[int] = field(default_factory=list)
@@ -91,7 +92,12 @@ class World:
                 served = dict(self.served)
             elif "stable" in self.configmaps:
                 served = {self.configmaps["stable"].version: self.ready.get("stable", 0)}
+        canary_versions = None
+        if needs.canary_versions:
+            canary_versions = dict(self.canary_serves) if self.canary_serves is not None else (
+                {self.configmaps["canary"].version: self.ready.get("canary", 0)})
         return Observations(
+            canary_versions=canary_versions,
             generation=self.generation,
             annotations=dict(self.annotations),
             stable=self._deployment("stable"),
@@ -574,6 +580,40 @@ def test_spec_change_mid_rollout_supersedes_the_canary() -> None:
     world.run(lambda w: w.phase == "Succeeded")
     assert world.configmaps["stable"].version == "v3"
     assert ("v2", "Promoted") not in history(world)
+
+
+def test_superseded_canary_gets_no_traffic_until_its_pods_serve_the_new_version() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    world.canary_serves = {"v2": 2}  # the running pods still serve the old canary version
+    world.set_spec_version("v3")
+    for _ in range(10):
+        world.tick(10)
+    assert world.weight == 0 and world.status["canaryVersion"] == "v3" and world.status["currentStep"] == 0
+    world.canary_serves = {"v3": 2}
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    assert any(e.reason == "CanaryReloaded" for d in world.decisions for e in d.events)
+    world.canary_serves = None
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_superseded_replica_ratio_canary_restarts_its_pods_instead_of_reloading() -> None:
+    world = canary_world(traffic="replicaRatio")
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    world.canary_serves = {}  # at weight 0 no canary pod runs, so none reports anything
+    world.set_spec_version("v3")
+    world.tick()
+    assert world.replicas["canary"] == 0
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+
+
+def test_superseded_canary_that_never_reloads_rolls_back_at_the_deadline() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 50)
+    world.canary_serves = {"v2": 2}
+    world.set_spec_version("v3")
+    world.run(lambda w: w.phase == "RolledBack", step=30)
+    assert condition(world, "Progressing")["reason"] == "ProgressDeadlineExceeded"
 
 
 def test_spec_back_to_the_stable_version_mid_rollout_drops_the_canary() -> None:

@@ -10,6 +10,8 @@ What this subclass adds to kmock 0.8 (see ../shared/design.md, "Real components"
 - the status subresource as a real API server has it: `status` sent to the main resource is
   ignored, and a `/status` patch changes only `status`;
 - lists with `kind: XList`, `apiVersion` and a real `resourceVersion`; equality label selectors;
+- watches that resume from `resourceVersion` (every change since is sent, none is lost between
+  a list and the watch that follows it), honour `timeoutSeconds`, and answer 410 when too old;
 - discovery that says `v1` (not `/v1`) for the core group; namespaces (`/api/v1/namespaces`);
 - CRD defaults applied on create and update, as the API server does; schema validation is
   optional (off by default, so that tests can hand the operator specs a cluster would refuse);
@@ -29,8 +31,7 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -645,11 +646,3 @@ class EmulatorServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def load_yaml_documents(path: Path) -> Iterable[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        yield from (d for d in yaml.safe_load_all(f) if d)
-
-
-__all__ = ["ApiEmulator", "EmulatorServer", "LoggedRequest", "ResourceSpec", "write_kubeconfig",
-           "matches_label_selector", "json"]

@@ -98,6 +98,14 @@ class FakePods:
             self._rollouts[namespace, rollout] = WatchedRollout(
                 namespace, rollout, default or VersionBehaviour(), dict(versions or {}))
 
+    def forget(self, namespace: str) -> None:
+        """Stop playing the pods of every rollout in `namespace` (their series go away)."""
+        with self._lock:
+            for key in [k for k in self._rollouts if k[0] == namespace]:
+                watched = self._rollouts.pop(key)
+                for track in TRACKS:
+                    self._set_pods(watched, track, 0)
+
     def set_behaviour(self, namespace: str, rollout: str, version: str | None = None, **changes: Any) -> None:
         """Change how one version (or, with version=None, every unnamed version) behaves."""
         with self._lock:
