@@ -71,10 +71,11 @@ def test_spec_accepts_golden_metrics() -> None:
 
 
 @pytest.mark.parametrize("metric, message", [
-    ({"name": "error-rate", "max": 0.1, "maxIncrease": 0.02}, "metrics[0].maxIncrease: only golden-cer"),
+    ({"name": "error-rate", "max": 0.1, "maxIncrease": 0.02}, "metrics[0].maxIncrease: only golden-set CER (golden-cer)"),
+    ({"name": "golden-agreement", "min": 0.9, "maxIncrease": 0.1}, "only golden-set CER (golden-cer)"),
     ({"name": "golden-cer", "maxIncrease": -0.1}, "metrics[0].maxIncrease: -0.1 is under 0"),
     ({"name": "golden-cer", "maxIncrease": "2%"}, "metrics[0].maxIncrease: must be a number"),
-    ({"name": "golden-cer"}, "needs a threshold: max, min or both (or maxIncrease)"),
+    ({"name": "golden-cer"}, "needs a threshold: max, min or both (maxIncrease for golden-cer)"),
     ({"name": "golden-agreement", "max": 1.0}, "golden-agreement needs min"),
     ({"name": "golden-cer", "max": 0.1, "query": "up"}, "only `custom` metrics take a query"),
 ])
