@@ -170,13 +170,28 @@ def desired_replicas(spec: RolloutSpec, status: Mapping[str, Any]) -> tuple[int,
     return total, total
 
 
-def analysis_due(spec: RolloutSpec, status: Mapping[str, Any], now: datetime.datetime) -> bool:
+def seconds_until_analysis(spec: RolloutSpec, status: Mapping[str, Any], now: datetime.datetime) -> float | None:
+    """Seconds until the next analysis is due (<= 0: due now); None when none is wanted.
+
+    The first analysis at a new weight waits one full interval after the weight was set:
+    measured earlier, the canary has had no traffic yet and every metric is Inconclusive,
+    which would count toward a pause before the canary had a chance."""
     if spec.analysis is None or not spec.analysis.metrics:
-        return False
+        return None
     if status.get("phase") not in CANARY_PHASES or int(status.get("canaryWeight") or 0) <= 0:
-        return False
-    since = seconds_between((status.get("analysis") or {}).get("lastRun"), now)
-    return since is None or since >= spec.analysis.interval_seconds
+        return None
+    interval = spec.analysis.interval_seconds
+    waits = [0.0]
+    for stamp in ((status.get("analysis") or {}).get("lastRun"), status.get("weightSetAt")):
+        since = seconds_between(stamp, now)
+        if since is not None:
+            waits.append(interval - since)
+    return max(waits)
+
+
+def analysis_due(spec: RolloutSpec, status: Mapping[str, Any], now: datetime.datetime) -> bool:
+    remaining = seconds_until_analysis(spec, status, now)
+    return remaining is not None and remaining <= 0
 
 
 def wants(spec: RolloutSpec | None, status: Mapping[str, Any], now: datetime.datetime) -> Needs:
@@ -674,11 +689,9 @@ def _canary_reloaded(tick: _Tick) -> bool:
 
 
 def _schedule_analysis(tick: _Tick) -> None:
-    analysis = tick.spec.analysis
-    if analysis is None or not analysis.metrics or int(tick.s.get("canaryWeight") or 0) <= 0:
-        return
-    since = seconds_between((tick.s.get("analysis") or {}).get("lastRun"), tick.now)
-    tick.wait(0 if since is None else analysis.interval_seconds - since)
+    remaining = seconds_until_analysis(tick.spec, tick.s, tick.now)
+    if remaining is not None:
+        tick.wait(remaining)
 
 
 def _record_analysis(tick: _Tick, run: AnalysisRun) -> bool:

@@ -384,6 +384,24 @@ def test_a_pass_measured_before_the_last_weight_change_does_not_count() -> None:
     assert world.phase == "Progressing", decision.status
 
 
+def test_first_analysis_at_a_new_weight_waits_one_interval_for_canary_traffic() -> None:
+    """Measured the moment a weight is set, the canary has had no traffic: every metric would be
+    Inconclusive and count toward a pause before the canary had a chance."""
+    world = canary_world()  # 10%, pause 1m, 50%, ...
+    world.run(lambda w: w.status.get("canaryWeight") == 10, analysis=None)
+    calls: list[float] = []
+
+    def counted() -> tuple[Measurement, ...]:
+        calls.append(1.0)
+        return QUIET()
+
+    world.tick(0, counted)
+    world.tick(29, counted)
+    assert calls == [] and world.status["counters"]["inconclusive"] == 0
+    decision = world.tick(1, counted)
+    assert len(calls) == 1 and world.status["counters"]["inconclusive"] == 1, decision.status
+
+
 def test_paused_analysis_still_rolls_back_on_failures() -> None:
     world = canary_world()
     world.run(lambda w: w.phase == "Paused", analysis=QUIET)

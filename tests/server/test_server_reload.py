@@ -126,6 +126,7 @@ async def test_corrupted_escaping_or_mismatched_versions_are_refused_while_the_o
             assert reloads(server)[("failure", reason)] == before + 1
             if version not in (None, "v2"):
                 assert body["versions"][version] == "FAILED"
+            assert f"reload of version {version} failed ({reason})" in server.log_path.read_text()
             assert server.get_json("/readyz")[0] == 200
             async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="m")) as r:
                 assert r.status == 200 and r.headers["X-Model-Version"] == "v1"
