@@ -63,11 +63,17 @@ async def serve(settings: ServerSettings) -> int:
     if outcome.result != "success":
         log.error("initial model load failed; not ready, watching %s for a fix", settings.model_config)
     watcher.start()
+    from inference_server.golden_eval import GoldenMonitor
+
+    golden_monitor = GoldenMonitor(lambda: slot.current, state.scheduler.run,
+                                   lambda m, r: slot.golden_metrics.publish(m.name, m.version, r))
+    golden_monitor.start()
 
     await stop.wait()
     log.info("SIGTERM: not ready any more, draining %d request(s)", state.inflight)
     state.draining = True
     await watcher.stop()
+    await golden_monitor.stop()
     await site.stop()  # stop accepting connections
     deadline = loop.time() + settings.drain_timeout_s
     while state.inflight > 0 and loop.time() < deadline:

@@ -27,7 +27,7 @@ log = logging.getLogger("inference_server.http")
 FIELD_LIMIT = 64 * 1024
 KNOWN_ENDPOINTS = {
     "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", "/v1/audio/stream",
-    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload",
+    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/v1/golden",
 }
 
 
@@ -259,6 +259,19 @@ async def models(request: web.Request) -> web.StreamResponse:
     return web.json_response({"object": "list", "data": data, **desc})
 
 
+async def golden_transcripts(request: web.Request) -> web.StreamResponse:
+    """The serving version's last golden-set run: per-clip hypotheses, references, CER/WER."""
+    state = request.app[STATE]
+    current = state.slot.current
+    if current is None:
+        raise not_ready("no model version is ready yet; see /v1/models for the load state")
+    if current.golden is None:
+        raise APIError(404, f"version {current.version} ships no golden set (golden/manifest.jsonl in its "
+                       "directory); create one with `asr-model golden create`", type="not_found")
+    return web.json_response({"model": current.name, "model_version": current.version,
+                              **current.golden.detail()}, headers=_model_headers(current))
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -304,6 +317,7 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_post("/v1/vad", vad)
     app.router.add_get("/v1/audio/stream", stream)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/golden", golden_transcripts)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

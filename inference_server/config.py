@@ -9,6 +9,9 @@ from typing import Any
 
 import yaml
 
+from inference_server.golden import GoldenSetError
+from inference_server.golden import check_options as check_golden_options
+
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 # Server-side options (model config `options:`) with their defaults; any other key is passed to
@@ -18,6 +21,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "vad_max_end_silence_ms": 500,    # FSMN-VAD end-of-speech silence (1.4.16 needs it explicit)
     "device": "cpu",                  # "cuda" / "cuda:0" where a GPU exists; falls back to cpu
     "ncpu": 2,                        # torch threads (process-wide, set by FunASR)
+    "golden_cer_max": None,           # golden-set CER ceiling: a version over it never turns ready
+    "golden_interval_s": 0,           # re-run the serving version's golden set every N s (0: at load only)
 }
 
 
@@ -91,6 +96,10 @@ def parse_model_config(text: str, source: str = "model config") -> ModelConfig:
     max_segment = options.get("max_segment_ms", SERVER_OPTIONS["max_segment_ms"])
     if not isinstance(max_segment, int) or max_segment < 1000:
         raise ConfigError(f"{source}: options.max_segment_ms must be an integer >= 1000")
+    try:
+        check_golden_options(options, source)
+    except GoldenSetError as exc:
+        raise ConfigError(str(exc)) from None
     unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options"}
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; allowed: name, version, path, "

@@ -16,6 +16,8 @@ import numpy as np
 
 from inference_server.audio import SAMPLE_RATE
 from inference_server.config import ModelConfig
+from inference_server.golden import GoldenSetError
+from inference_server.golden_eval import GoldenResult, gate_at_load
 from inference_server.manifest import IntegrityError, require_verified
 
 log = logging.getLogger("inference_server.loader")
@@ -55,6 +57,7 @@ class LoadedModel:
     loaded_at: float
     # Requests and streams holding this version; touched only on the event loop thread.
     leases: int = 0
+    golden: GoldenResult | None = None  # the last golden-set evaluation (None: ships no set)
 
     @property
     def name(self) -> str:
@@ -176,6 +179,15 @@ def load_version(config: ModelConfig, models_root: Path, warmup_threads: int | N
     except Exception as exc:
         loaded.close()
         raise LoadError("warmup", f"warm-up of {config.version} failed: {type(exc).__name__}: {exc}") from None
+    try:  # the quality gate: a golden CER over options.golden_cer_max keeps the version unready
+        loaded.golden = gate_at_load(loaded, model_dir)
+    except GoldenSetError as exc:
+        loaded.close()
+        raise LoadError("golden", str(exc)) from None
+    except Exception as exc:
+        loaded.close()
+        raise LoadError("golden", f"golden set of {config.version} could not be evaluated: "
+                                  f"{type(exc).__name__}: {exc}") from None
     loaded.load_seconds = time.perf_counter() - started
     return loaded
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_server.config import ConfigError, ModelConfig, read_model_config
+from inference_server.golden_eval import GoldenMetrics
 from inference_server.metrics import ServerMetrics
 from inference_server.model_loader import LoadedModel, LoadError, load_version
 
@@ -46,6 +47,7 @@ class ModelSlot:
         self.last_error: ReloadOutcome | None = None
         self.states: dict[str, str] = {}       # version -> LOADING | READY | FAILED
         self.swaps = 0
+        self.golden_metrics = GoldenMetrics(metrics.registry, metrics.pod)
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         # Loads and releases run on their own thread beside the serving worker, warming up with
@@ -103,6 +105,7 @@ class ModelSlot:
         self.swaps += 1
         self.metrics.load_seconds.labels(**self.metrics.pod, model=new.name, version=new.version).set(new.load_seconds)
         self.metrics.set_serving(new.name, new.version, new.digest)
+        self.golden_metrics.publish(new.name, new.version, new.golden)
         if old is not None and old.version != new.version:
             self.metrics.forget_state(old.name, old.version)
             self.states.pop(old.version, None)
@@ -140,6 +143,7 @@ class ModelSlot:
                 "name": cur.name, "version": cur.version, "path": cur.config.path, "sha256": cur.digest,
                 "vad_path": cur.config.vad_path, "load_seconds": round(cur.load_seconds, 3),
                 "loaded_at": cur.loaded_at, "state": "READY",
+                "golden": cur.golden.summary() if cur.golden is not None else None,
             },
             "versions": dict(self.states),
             "swaps": self.swaps,

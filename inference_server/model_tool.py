@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from inference_server import golden_tool
 from inference_server.manifest import MANIFEST_NAME, IntegrityError, verify_dir, write_manifest
 
 
@@ -19,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     p_verify = sub.add_parser("verify", help="check every file of DIR against its manifest")
     p_verify.add_argument("dir", type=Path)
     p_verify.add_argument("--sha256", help="also require this version digest (sha256 of the manifest)")
+    golden_tool.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "golden":
+        return golden_tool.run(args)
 
     try:
         if args.command == "manifest":

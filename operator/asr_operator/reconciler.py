@@ -144,7 +144,10 @@ class Reconciler:
             source = self.sources.get(spec.analysis.prometheus_address)
             scope = QueryScope(namespace=namespace, rollout=name, track="canary",
                                version=str(status.get("canaryVersion") or ""))
-            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope))
+            stable_version = str(status.get("stableVersion") or "")
+            stable_scope = QueryScope(namespace=namespace, rollout=name, track="stable",
+                                      version=stable_version) if stable_version else None
+            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope))
         if needs.served_versions and spec.analysis is not None:
             try:
                 served = await measuring.served_versions(

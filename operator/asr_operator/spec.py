@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .analysis import queries
+from .analysis import golden, queries
 from .durations import parse_duration
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -408,7 +408,7 @@ def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
 
 def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:
     name = item.get("name")
-    known = (*queries.BUILTIN_METRICS, queries.CUSTOM_METRIC)
+    known = (*queries.BUILTIN_METRICS, *golden.GOLDEN_METRICS, queries.CUSTOM_METRIC)
     if name in queries.PENDING_METRICS:
         check.fail(f"{path}.name", f"{name!r} is not implemented by this operator version yet; "
                                    f"remove it or use one of {', '.join(known)}")
@@ -418,8 +418,11 @@ def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> Metric
         return None
     maximum = check.number(item.get("max"), f"{path}.max")
     minimum = check.number(item.get("min"), f"{path}.min")
-    if item.get("max") is None and item.get("min") is None and item.get("maxIncrease") is None:
-        check.fail(path, "needs a threshold: max, min or both (maxIncrease for golden-set metrics)")
+    if name == golden.GOLDEN_AGREEMENT and item.get("min") is None:
+        check.fail(path, "golden-agreement needs min: the lowest share of golden clips on which "
+                         "canary and stable must agree, e.g. {name: golden-agreement, min: 0.9}")
+    elif item.get("max") is None and item.get("min") is None and item.get("maxIncrease") is None:
+        check.fail(path, "needs a threshold: max, min or both (maxIncrease for golden-cer)")
     if maximum is not None and minimum is not None and minimum > maximum:
         check.fail(path, f"min {minimum:g} is over max {maximum:g}")
     query = item.get("query")
@@ -431,9 +434,12 @@ def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> Metric
     elif query is not None:
         check.fail(f"{path}.query", f"only `custom` metrics take a query; {name} has a built-in one")
     max_increase = check.number(item.get("maxIncrease"), f"{path}.maxIncrease")
-    if max_increase is not None and name not in queries.PENDING_METRICS:
-        check.fail(f"{path}.maxIncrease", f"only golden-set metrics compare with the stable version; "
-                                          f"use max/min for {name}")
+    if max_increase is not None and name != golden.GOLDEN_CER:
+        check.fail(f"{path}.maxIncrease", f"only golden-set CER (golden-cer) compares with the stable "
+                                          f"version; use max/min for {name}")
+    if max_increase is not None and max_increase < 0:
+        check.fail(f"{path}.maxIncrease", f"{max_increase:g} is under 0; write the largest allowed "
+                                          "CER increase over stable, e.g. 0.02")
     return MetricSpec(name=str(name), kind=str(name), max=maximum, min=minimum,
                       query=query if name == queries.CUSTOM_METRIC else None, max_increase=max_increase)
 

@@ -50,6 +50,7 @@ def golden_models(tmp_path_factory: pytest.TempPathFactory) -> GoldenModels:
     root = tmp_path_factory.mktemp("golden-models")
     for version in ("v1", "v2", "v2-same"):
         shutil.copytree(assets / "models" / MODEL / version, root / MODEL / version)
+    shutil.copytree(assets / "models" / MODEL / "v1", root / MODEL / "plain")  # ships no golden set
     clips = tuple(assets / "audio" / name for name in CLIPS)
     v1 = root / MODEL / "v1"
     # 1. a set without references; `golden check --details` prints what v1 transcribes

@@ -152,6 +152,28 @@ def test_invalid_golden_options_are_refused_with_the_reason(server: tuple[Server
     assert error["reason"] == "invalid_config"
 
 
+def test_version_without_golden_set(server: tuple[ServerProcess, ConfigMapDir]) -> None:
+    proc, cm = server
+    # a ceiling with nothing to measure is refused, not waved through
+    cm.swap(model_config("plain", vad=False, options={"golden_cer_max": 0.1}))
+
+    def failed() -> dict | None:  # type: ignore[type-arg]
+        _, body = proc.get_json("/v1/models")
+        error = body.get("last_reload_error")
+        return error if error and error["version"] == "plain" else None
+
+    error = wait_until(failed, 120, "the plain version with a ceiling to be refused")
+    assert error["reason"] == "golden" and "ships no golden/ set" in error["message"]
+    # without a ceiling it serves; there is simply no golden result
+    cm.swap(model_config("plain", vad=False))
+    proc.wait_serving("plain", timeout_s=120)
+    _, body = proc.get_json("/v1/models")
+    assert body["serving"]["golden"] is None
+    status, error_body = proc.get_json("/v1/golden")
+    assert status == 404 and "ships no golden set" in error_body["error"]["message"]
+    assert sample(metrics(proc), "asr_golden_cer", version="plain") is None
+
+
 def test_tool_check_reports_cer_and_enforces_max(golden_models: GoldenModels) -> None:
     ok = asr_model("golden", "check", golden_models.version_dir("v2-same"), "--max-cer", "0")
     assert json.loads(ok.stdout)["cer"] == 0.0

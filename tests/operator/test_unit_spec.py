@@ -87,7 +87,7 @@ def test_the_fingerprint_changes_with_the_spec_only() -> None:
     ("traffic", {"gatewayAPI": {"httpRoute": "r"}, "replicaRatio": {}}, "spec.traffic: set exactly one of"),
     ("traffic", {"istio": {}}, "spec.traffic: unknown router istio"),
     ("analysis.metrics", [{"name": "word-error", "max": 1}], "spec.analysis.metrics[0].name: unknown metric 'word-error'"),
-    ("analysis.metrics", [{"name": "golden-cer", "maxIncrease": 0.02}], "spec.analysis.metrics[0].name: 'golden-cer' is not implemented"),
+    ("analysis.metrics", [{"name": "golden-agreement", "max": 1}], "spec.analysis.metrics[0]: golden-agreement needs min"),
     ("analysis.metrics", [{"name": "error-rate"}], "spec.analysis.metrics[0]: needs a threshold"),
     ("analysis.metrics", [{"name": "error-rate", "max": 0.1, "min": 0.5}], "min 0.5 is over max 0.1"),
     ("analysis.metrics", [{"name": "error-rate", "max": 0.1, "query": "up"}], "only `custom` metrics take a query"),

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from ..spec import AnalysisSpec, MetricSpec
-from . import queries
+from . import golden, queries
 from .prometheus_source import MetricSource
 from .verdict import Measurement, QueryFailed, judge, judge_error, too_few_requests
 
@@ -16,17 +17,27 @@ def metric_query(metric: MetricSpec, scope: queries.QueryScope, window_seconds: 
     return queries.builtin_query(metric.kind, scope, window_seconds)
 
 
-async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope) -> tuple[Measurement, ...]:
-    """Every metric gets a verdict. Too few requests makes all of them Inconclusive: a quiet
-    canary has proven nothing, however good its numbers look."""
-    try:
-        requests = await source.query_value(queries.request_count_query(scope, analysis.window_seconds))
-    except QueryFailed as error:
-        return tuple(judge_error(metric.name, error) for metric in analysis.metrics)
-    if analysis.min_requests > 0 and (requests is None or not requests >= analysis.min_requests):
-        return tuple(too_few_requests(metric.name, requests, analysis.min_requests) for metric in analysis.metrics)
+async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope,
+                  stable: queries.QueryScope | None = None) -> tuple[Measurement, ...]:
+    """Every metric gets a verdict. Too few requests makes all traffic metrics Inconclusive: a
+    quiet canary has proven nothing, however good its numbers look. The golden-set metrics
+    measure the version itself, not its traffic, and compare it with `stable` (the stable
+    track's scope)."""
+    gate: Measurement | None = None  # the verdict every traffic metric gets (name set below)
+    if any(metric.kind not in golden.GOLDEN_METRICS for metric in analysis.metrics):
+        try:
+            requests = await source.query_value(queries.request_count_query(scope, analysis.window_seconds))
+        except QueryFailed as error:
+            gate = judge_error("", error)
+        else:
+            if analysis.min_requests > 0 and (requests is None or not requests >= analysis.min_requests):
+                gate = too_few_requests("", requests, analysis.min_requests)
 
     async def one(metric: MetricSpec) -> Measurement:
+        if metric.kind in golden.GOLDEN_METRICS:
+            return await golden.measure_golden(source, metric, scope, stable)
+        if gate is not None:
+            return replace(gate, name=metric.name)
         try:
             value = await source.query_value(metric_query(metric, scope, analysis.window_seconds))
         except QueryFailed as error:
