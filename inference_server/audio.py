@@ -50,15 +50,18 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> np.nd
                               param, "audio_too_short")
         if seconds > limits.max_seconds:
             raise too_large(f"the audio is {seconds:.1f} s long; the limit is {limits.max_seconds:.0f} s", param)
+        integer_pcm = sound.subtype.startswith(("PCM_", "ULAW", "ALAW"))
         try:
-            samples = sound.read(dtype="float32", always_2d=True)
+            # Mono is read as 1-D: contiguous already, so no mean/copy on the request path.
+            samples = sound.read(dtype="float32", always_2d=sound.channels > 1)
         except Exception as exc:
             raise bad_request(f"the uploaded audio is truncated or corrupt ({_short(exc)})", param,
                               "invalid_audio") from None
     if samples.shape[0] == 0:
         raise bad_request("the uploaded audio holds no samples (empty or truncated file)", param, "invalid_audio")
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.all(np.isfinite(mono)):
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim > 1 else samples
+    # Integer PCM cannot hold NaN/inf; only float encodings need the (full-array) check.
+    if not integer_pcm and not np.all(np.isfinite(mono)):
         raise bad_request("the uploaded audio contains NaN or infinite samples", param, "invalid_audio")
     return resample(mono, rate)
 

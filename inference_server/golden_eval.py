@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from inference_server import golden
+from inference_server.background import BackgroundLoop
 
 if TYPE_CHECKING:
     from inference_server.model_loader import LoadedModel
@@ -168,7 +169,7 @@ class GoldenMetrics:
         self._published = []
 
 
-class GoldenMonitor:
+class GoldenMonitor(BackgroundLoop):
     """Re-runs the serving version's golden set every `interval_s` (model option
     `golden_interval_s`, 0 = only at load), through the scheduler so it queues behind requests
     instead of running beside them. Catches what changes under a running version: a GPU or
@@ -181,7 +182,6 @@ class GoldenMonitor:
         self.run = run
         self.publish = publish
         self.poll_s = poll_s
-        self._task: asyncio.Task[None] | None = None
 
     @staticmethod
     def due(model: LoadedModel, now: float) -> bool:
@@ -213,17 +213,6 @@ class GoldenMonitor:
                 await self.check_once()
             except Exception as exc:  # keep serving; the next interval tries again
                 log.warning("periodic golden-set evaluation failed: %s: %s", type(exc).__name__, exc)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
 
 # --- model tooling (`asr-model golden ...`) --------------------------------------------------

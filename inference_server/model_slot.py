@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference_server.background import BackgroundLoop
 from inference_server.config import ConfigError, ModelConfig, read_model_config
 from inference_server.golden_eval import GoldenMetrics
 from inference_server.metrics import ServerMetrics
@@ -152,7 +153,7 @@ class ModelSlot:
         }
 
 
-class ConfigWatcher:
+class ConfigWatcher(BackgroundLoop):
     """Polls the config file's bytes. Reading through the path follows a ConfigMap's `..data`
     symlink, so both its atomic symlink swap and a plain in-place edit show up as new bytes;
     polling (not inotify) also works on every volume type and needs no extra dependency."""
@@ -161,7 +162,6 @@ class ConfigWatcher:
         self.slot = slot
         self.interval_s = interval_s
         self._last: bytes | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def _read(self) -> bytes | None:
         try:
@@ -181,14 +181,3 @@ class ConfigWatcher:
             self._last = data
             log.info("model config %s changed; reloading", self.slot.config_path)
             await self.slot.reload()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass

@@ -148,22 +148,26 @@ class Reconciler:
             stable_scope = QueryScope(namespace=namespace, rollout=name, track="stable",
                                       version=stable_version) if stable_version else None
             analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope))
-        if needs.served_versions and spec.analysis is not None:
-            try:
-                served = await measuring.served_versions(
-                    self.sources.get(spec.analysis.prometheus_address), namespace, name, "stable")
-            except QueryFailed as error:
-                log.info("%s/%s: served versions unknown: %s", namespace, name, error)
+        if needs.served_versions:
+            served = await self._served_versions(spec, namespace, name, "stable")
         canary_versions = None
-        if needs.canary_versions and spec.analysis is not None:
-            try:
-                canary_versions = await measuring.served_versions(
-                    self.sources.get(spec.analysis.prometheus_address), namespace, name, "canary")
-            except QueryFailed as error:
-                log.info("%s/%s: canary versions unknown: %s", namespace, name, error)
+        if needs.canary_versions:
+            canary_versions = await self._served_versions(spec, namespace, name, "canary")
         return Observations(generation=generation, annotations=annotations, stable=stable, canary=canary,
                             traffic_weight=weight, canary_config=canary_config, analysis=analysis,
                             served_versions=served, canary_versions=canary_versions)
+
+    async def _served_versions(self, spec: RolloutSpec, namespace: str, name: str,
+                               track: str) -> dict[str, int] | None:
+        """The versions a track's pods report serving; None without analysis or when unknown."""
+        if spec.analysis is None:
+            return None
+        try:
+            return await measuring.served_versions(
+                self.sources.get(spec.analysis.prometheus_address), namespace, name, track)
+        except QueryFailed as error:
+            log.info("%s/%s: %s versions unknown: %s", namespace, name, track, error)
+            return None
 
     async def act(self, body: Mapping[str, Any], spec: RolloutSpec | InvalidSpec, old_status: Mapping[str, Any],
                   decision: Decision, cache: dict[str, dict[str, Any] | None]) -> None:

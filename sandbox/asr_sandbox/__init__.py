@@ -1,4 +1,6 @@
-"""Local-only tooling: test/demo assets, the demo, benchmarks. Production code never imports it.
+"""Local-only tooling: test/demo assets, the demo, benchmarks, and the local stand-ins for a
+cluster that the demo and the tests share (the Kubernetes API emulator, a real Prometheus).
+Production code never imports it.
 
 The two helpers below start real inference-server processes the way a pod runs them, and
 write their model config the way a Kubernetes ConfigMap volume does; the demo, the server

@@ -16,6 +16,7 @@ Idempotent: an existing asset that still verifies is kept, so a second run takes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import importlib.util
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ SAMPLE_RATE = 16000
 BUILDER_VERSION = 1
 
 PARAFORMER_TOKENS = ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(200)] + ["<unk>"]
-_LFR_M, _LFR_N, _N_MELS = 7, 6, 80
+LFR_M, LFR_N, N_MELS = 7, 6, 80  # low-frame-rate stacking of 80-dim fbank frames
 _D = 64  # model width: tiny on purpose (about 1 MB of weights, loads in well under a second)
 
 PARAFORMER_CONFIG: dict[str, Any] = {
@@ -67,8 +69,8 @@ PARAFORMER_CONFIG: dict[str, Any] = {
     "predictor_conf": {"idim": _D, "threshold": 1.0, "l_order": 1, "r_order": 1, "tail_threshold": 0.45},
     "frontend": "WavFrontend",
     "frontend_conf": {
-        "fs": SAMPLE_RATE, "window": "hamming", "n_mels": _N_MELS, "frame_length": 25,
-        "frame_shift": 10, "lfr_m": _LFR_M, "lfr_n": _LFR_N, "dither": 0.0,
+        "fs": SAMPLE_RATE, "window": "hamming", "n_mels": N_MELS, "frame_length": 25,
+        "frame_shift": 10, "lfr_m": LFR_M, "lfr_n": LFR_N, "dither": 0.0,
     },
     "tokenizer": "CharTokenizer",
     "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
@@ -146,13 +148,13 @@ def _is_verified(version_dir: Path) -> bool:
         return False
 
 
-def _stamp_ok(version_dir: Path) -> bool:
-    stamp = version_dir.parent / f".{version_dir.name}.built"
-    return stamp.is_file() and stamp.read_text().strip() == str(BUILDER_VERSION)
+def _stamp_ok(version_dir: Path, stamp: str = "built", recipe: int = BUILDER_VERSION) -> bool:
+    path = version_dir.parent / f".{version_dir.name}.{stamp}"
+    return path.is_file() and path.read_text().strip() == str(recipe)
 
 
-def _stamp(version_dir: Path) -> None:
-    (version_dir.parent / f".{version_dir.name}.built").write_text(str(BUILDER_VERSION))
+def _stamp(version_dir: Path, stamp: str = "built", recipe: int = BUILDER_VERSION) -> None:
+    (version_dir.parent / f".{version_dir.name}.{stamp}").write_text(str(recipe))
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -161,35 +163,50 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
-def build_fsmn_vad(models: Path) -> Path:
-    final = models / "fsmn-vad" / "v1"
-    if _stamp_ok(final) and _is_verified(final):
+def build_version_dir(final: Path, write: Callable[[Path], None], stamp: str = "built",
+                      recipe: int = BUILDER_VERSION) -> Path:
+    """A model version directory written by `write` into a temporary sibling, given its
+    manifest and renamed into place; kept as it is while its `.NAME.<stamp>` file says `recipe`
+    and its manifest verifies (so a changed recipe, or a damaged directory, is rebuilt)."""
+    if _stamp_ok(final, stamp, recipe) and _is_verified(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    src = fsmn_vad_source()
-    # model.onnx is for another runtime; the server loads model.pt through FunASR.
-    for name in ("model.pt", "config.yaml", "am.mvn", "configuration.json"):
-        shutil.copy2(src / name, tmp / name)
-    write_manifest(tmp)
-    _replace_dir(tmp, final)
-    _stamp(final)
+    try:
+        write(tmp)
+        write_manifest(tmp)
+        _replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    _stamp(final, stamp, recipe)
     log.info("built %s", final)
     return final
 
 
-def _paraformer_cmvn(vad_dir: Path) -> str:
+def _copy_fsmn_vad(target: Path) -> None:
+    src = fsmn_vad_source()
+    # model.onnx is for another runtime; the server loads model.pt through FunASR.
+    for name in ("model.pt", "config.yaml", "am.mvn", "configuration.json"):
+        shutil.copy2(src / name, target / name)
+
+
+def build_fsmn_vad(models: Path) -> Path:
+    return build_version_dir(models / "fsmn-vad" / "v1", _copy_fsmn_vad)
+
+
+def paraformer_cmvn(vad_dir: Path) -> str:
     """am.mvn for 7-frame LFR features: the real 80-dim fbank statistics of the VAD model, tiled."""
     lines = (vad_dir / "am.mvn").read_text().splitlines()
 
     def vector(tag: str) -> list[str]:
         for i, line in enumerate(lines):
             if line.split()[:1] == [tag]:
-                return lines[i + 1].split()[3:-1][:_N_MELS]
+                return lines[i + 1].split()[3:-1][:N_MELS]
         raise ValueError(f"{vad_dir / 'am.mvn'} has no {tag}")
 
-    dim = _N_MELS * _LFR_M
-    means, scales = vector("<AddShift>") * _LFR_M, vector("<Rescale>") * _LFR_M
+    dim = N_MELS * LFR_M
+    means, scales = vector("<AddShift>") * LFR_M, vector("<Rescale>") * LFR_M
     return (
         f"<Nnet>\n<Splice> {dim} {dim}\n[ 0 ]\n"
         f"<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ {' '.join(means)} ]\n"
@@ -197,23 +214,27 @@ def _paraformer_cmvn(vad_dir: Path) -> str:
     )
 
 
-def _write_paraformer(target: Path, seed: int, cmvn: str) -> None:
+def write_paraformer(target: Path, seed: int, cmvn: str, cfg: dict[str, Any] = PARAFORMER_CONFIG,
+                     tokens: Sequence[Any] = PARAFORMER_TOKENS, tune: Callable[[Any], None] | None = None) -> None:
+    """A random-weight FunASR Paraformer directory: `cfg` (the tiny one by default), `tokens`,
+    weights from `seed`, optionally changed by `tune(model)` before they are saved."""
     import torch
     import yaml
     from funasr.models.paraformer.model import Paraformer
 
-    cfg = PARAFORMER_CONFIG
     torch.manual_seed(seed)
     model = Paraformer(
         **cfg["model_conf"],
         encoder=cfg["encoder"], encoder_conf=cfg["encoder_conf"],
         decoder=cfg["decoder"], decoder_conf=cfg["decoder_conf"],
         predictor=cfg["predictor"], predictor_conf=cfg["predictor_conf"],
-        input_size=_N_MELS * _LFR_M, vocab_size=len(PARAFORMER_TOKENS),
+        input_size=N_MELS * LFR_M, vocab_size=len(tokens),
     )
+    if tune is not None:
+        tune(model)
     torch.save(model.state_dict(), target / "model.pt")
     (target / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (target / "tokens.json").write_text(json.dumps(PARAFORMER_TOKENS, ensure_ascii=False))
+    (target / "tokens.json").write_text(json.dumps(list(tokens), ensure_ascii=False))
     (target / "configuration.json").write_text(json.dumps(PARAFORMER_CONFIGURATION, indent=2))
     (target / "am.mvn").write_text(cmvn)
 
@@ -221,18 +242,10 @@ def _write_paraformer(target: Path, seed: int, cmvn: str) -> None:
 def build_paraformer_versions(models: Path, vad_dir: Path) -> dict[str, Path]:
     base = models / "paraformer-tiny"
     base.mkdir(parents=True, exist_ok=True)
-    cmvn = _paraformer_cmvn(vad_dir)
+    cmvn = paraformer_cmvn(vad_dir)
     built: dict[str, Path] = {}
     for version, seed in (("v1", 1), ("v2", 2)):
-        final = base / version
-        if not (_stamp_ok(final) and _is_verified(final)):
-            tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
-            _write_paraformer(tmp, seed, cmvn)
-            write_manifest(tmp)
-            _replace_dir(tmp, final)
-            _stamp(final)
-            log.info("built %s", final)
-        built[version] = final
+        built[version] = build_version_dir(base / version, functools.partial(write_paraformer, seed=seed, cmvn=cmvn))
 
     v1 = built["v1"]
     same = base / "v2-same"

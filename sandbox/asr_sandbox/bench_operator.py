@@ -38,10 +38,10 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
-from .prometheus_runner import PrometheusRunner, free_port
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO_ROOT / "deploy" / "crds" / "asrmodelrollouts.yaml"
+from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
+from asr_sandbox.paths import CRD_PATH, REPO_ROOT
+from asr_sandbox.processes import free_port
+from asr_sandbox.prometheus_runner import PrometheusRunner
 RO = "apis/asr.rollout.dev/v1alpha1"
 NS = "bench"
 
@@ -103,7 +103,8 @@ class Api:
         return response.json()
 
     def rollout(self, name: str) -> dict[str, Any]:
-        return self.call("GET", f"{RO}/namespaces/{NS}/asrmodelrollouts/{name}")  # type: ignore[no-any-return]
+        rollout: dict[str, Any] = self.call("GET", f"{RO}/namespaces/{NS}/asrmodelrollouts/{name}")
+        return rollout
 
     def status(self, name: str) -> dict[str, Any]:
         return self.rollout(name).get("status") or {}
@@ -246,7 +247,7 @@ def bench_scale(api: Api, server: Any, exporter: CanaryExporter, prometheus: str
 
     def runs_of(name: str) -> list[float]:
         obj = server.emulator.objects[resource, NS, name]
-        seen = []
+        seen: list[str] = []
         for version in obj.history:
             if version is None:
                 continue
@@ -275,8 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds the N rollouts run measured")
     parser.add_argument("--repetitions", type=int, default=5, help="rollbacks measured")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.support.emulator import EmulatorServer, write_kubeconfig  # the testbed's emulator
 
     with tempfile.TemporaryDirectory(prefix="asr-bench-operator-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
         exporter = CanaryExporter()
         registry = CollectorRegistry()
-        registry.register(exporter)  # type: ignore[arg-type]
+        registry.register(exporter)
         port = free_port()
         http_server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
         stack.callback(http_server.shutdown)

@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from asr_sandbox import assets
-from inference_server.manifest import IntegrityError, verify_dir, write_manifest
 
 log = logging.getLogger("asr_sandbox.demo_assets")
 
@@ -87,72 +83,20 @@ def _tune_broken(model: Any) -> None:
         layer.bias[BROKEN_TOKEN_ID] = 10.0
 
 
-def _write_model(target: Path, cfg: dict[str, Any], seed: int, cmvn: str, tokens: list[Any],
-                 tune: Callable[[Any], None] | None = None) -> None:
-    """The builder's Paraformer recipe (asr_sandbox.assets) with a given config and token list."""
-    import torch
-    import yaml
-    from funasr.models.paraformer.model import Paraformer
-
-    torch.manual_seed(seed)
-    model = Paraformer(
-        **cfg["model_conf"],
-        encoder=cfg["encoder"], encoder_conf=cfg["encoder_conf"],
-        decoder=cfg["decoder"], decoder_conf=cfg["decoder_conf"],
-        predictor=cfg["predictor"], predictor_conf=cfg["predictor_conf"],
-        input_size=assets._N_MELS * assets._LFR_M, vocab_size=len(tokens),
-    )
-    if tune is not None:
-        tune(model)
-    torch.save(model.state_dict(), target / "model.pt")
-    (target / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (target / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
-    (target / "configuration.json").write_text(json.dumps(assets.PARAFORMER_CONFIGURATION, indent=2))
-    (target / "am.mvn").write_text(cmvn)
-
-
-def _stamp_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.demo-built"
-
-
-def _up_to_date(final: Path) -> bool:
-    stamp = _stamp_path(final)
-    if not (stamp.is_file() and stamp.read_text().strip() == str(RECIPE_VERSION)):
-        return False
-    try:
-        return verify_dir(final).ok
-    except IntegrityError:
-        return False
-
-
-def _build(final: Path, write: Callable[[Path], None]) -> Path:
-    if _up_to_date(final):
-        return final
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        write(tmp)
-        write_manifest(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    _stamp_path(final).write_text(str(RECIPE_VERSION))
-    log.info("built %s", final)
-    return final
-
-
 def build_demo_models(out: Path) -> dict[str, Path]:
     """The generated assets (asr_sandbox.assets) plus the demo's bad versions. Idempotent."""
     paths = assets.build_all(out)
     base = Path(out) / "models" / MODEL_NAME
-    cmvn = assets._paraformer_cmvn(paths["fsmn-vad/v1"])
+    cmvn = assets.paraformer_cmvn(paths["fsmn-vad/v1"])
     paths[f"{MODEL_NAME}/broken"] = _build(
-        base / "broken", lambda d: _write_model(d, assets.PARAFORMER_CONFIG, 3, cmvn, broken_tokens(), _tune_broken))
-    paths[f"{MODEL_NAME}/slow"] = _build(
-        base / "slow", lambda d: _write_model(d, slow_config(), 4, cmvn, list(assets.PARAFORMER_TOKENS)))
+        base / "broken", lambda d: assets.write_paraformer(d, 3, cmvn, tokens=broken_tokens(), tune=_tune_broken))
+    paths[f"{MODEL_NAME}/slow"] = _build(base / "slow", lambda d: assets.write_paraformer(d, 4, cmvn, cfg=slow_config()))
     return paths
+
+
+def _build(final: Path, write: Callable[[Path], None]) -> Path:
+    """Built like the generated versions, with the demo's own stamp (`.NAME.demo-built`) and recipe."""
+    return assets.build_version_dir(final, write, stamp="demo-built", recipe=RECIPE_VERSION)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 
+from asr_sandbox.loop_thread import LoopThread
 from asr_sandbox.node_agent import Endpoint
 
 log = logging.getLogger("asr_sandbox.gateway")
@@ -74,8 +74,7 @@ class Gateway:
         self.forward_errors = 0
         self._chooser = WeightedChooser()
         self._round_robin = itertools.count()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
+        self._background = LoopThread("gateway")
         self._runner: aiohttp.web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -145,8 +144,7 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> "Gateway":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        self._background.start(self._start())
         return self
 
     async def _start(self) -> None:
@@ -169,11 +167,7 @@ class Gateway:
                 await self._runner.cleanup()
             if self._session is not None:
                 await self._session.close()
-        try:
-            asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(timeout=30)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        self._background.stop(_stop())
 
     def __enter__(self) -> "Gateway":
         return self.start()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import requests
 import yaml
 
 from asr_sandbox import ConfigMapDir
+from asr_sandbox.processes import stop_process_group
 from asr_sandbox.prometheus_runner import PrometheusRunner
 
 log = logging.getLogger("asr_sandbox.node_agent")
@@ -261,13 +261,7 @@ class NodeAgent:
 
         def stop() -> None:
             time.sleep(1.0)
-            if pod.proc is not None and pod.proc.poll() is None:
-                os.killpg(pod.proc.pid, signal.SIGTERM)
-                try:
-                    pod.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(pod.proc.pid, signal.SIGKILL)
-                    pod.proc.wait()
+            stop_process_group(pod.proc, grace=30)
             if self.pods.get(pod.name) is pod:
                 del self.pods[pod.name]
 

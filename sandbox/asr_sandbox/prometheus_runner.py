@@ -1,28 +1,25 @@
-"""A real Prometheus for the sandbox: Debian's `prometheus` on 127.0.0.1, a temporary TSDB, a 1 s
-scrape interval, and its targets in a `file_sd_configs` file that the node agent rewrites as
-pods come and go (Prometheus re-reads it by itself, as it would a Kubernetes service discovery).
+"""A real Prometheus for the sandbox and the tests: Debian's `prometheus` on 127.0.0.1, a
+temporary TSDB, a 1 s scrape interval, and its targets in `file_sd_configs` files that the node
+agent rewrites as pods come and go (Prometheus re-reads them by itself, as it would a Kubernetes
+service discovery). Tests that know their targets up front pass them as `targets`: `start()`
+then returns only once each has been scraped and its `up` sample is queryable.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
 import yaml
 
+from asr_sandbox.processes import ManagedProcess, free_port
 
-def free_port() -> int:
-    """A port that was free a moment ago (the caller binds it right away)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["PrometheusRunner", "free_port"]
 
 
 class PrometheusRunner:
@@ -30,11 +27,14 @@ class PrometheusRunner:
 
     JOBS = ("asr-pods", "asr-operator")
 
-    def __init__(self, workdir: Path, scrape_interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, scrape_interval: str = "1s",
+                 targets: Mapping[str, Sequence[str]] | None = None) -> None:
         self.workdir = Path(workdir)
         self.scrape_interval = scrape_interval
+        self.initial_targets = {job: list(addresses) for job, addresses in (targets or {}).items()}
+        self.jobs = tuple(dict.fromkeys([*self.JOBS, *self.initial_targets]))
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -63,7 +63,7 @@ class PrometheusRunner:
             "scrape_configs": [
                 {"job_name": job, "file_sd_configs": [{"files": [str(self._targets_file(job))],
                                                         "refresh_interval": "1s"}]}
-                for job in self.JOBS
+                for job in self.jobs
             ],
         }
         path = self.workdir / "prometheus.yml"
@@ -76,45 +76,50 @@ class PrometheusRunner:
             raise RuntimeError("`prometheus` is not installed: run `make system-packages` "
                                "(the Debian package `prometheus`)")
         (self.workdir / "targets").mkdir(parents=True, exist_ok=True)
-        for job in self.JOBS:
-            if not self._targets_file(job).exists():
+        for job in self.jobs:
+            if job in self.initial_targets:
+                self.set_targets(job, [(address, {}) for address in self.initial_targets[job]])
+            elif not self._targets_file(job).exists():
                 self.set_targets(job, [])
         config = self._write_config()
         self.port = free_port()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([
-                binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-                "--storage.tsdb.retention.time=1h",
-            ], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = ManagedProcess([
+            binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+            "--storage.tsdb.retention.time=1h",
+        ], self.log_path).start()
         deadline = time.monotonic() + timeout_s
+        self._wait_until(deadline, self._ready, "ready")
+        for job, addresses in self.initial_targets.items():
+            self._wait_until(deadline, lambda: len(self.query(f'up{{job="{job}"}}')) >= len(addresses),
+                             f"scraping {addresses}")
+        return self
+
+    def _ready(self) -> bool:
+        return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+
+    def _wait_until(self, deadline: float, condition: Any, what: str) -> None:
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            if self.process is not None and not self.process.running:
+                raise RuntimeError(f"prometheus exited: {self.process.log_tail(2000)}")
             try:
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
+                if condition():
+                    return
+            except (requests.RequestException, RuntimeError):
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready within {timeout_s:.0f} s; log: {self.log_path}")
+        raise RuntimeError(f"prometheus not {what} in time; log: {self.log_path}")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         body = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5).json()
         if body.get("status") != "success":
             raise RuntimeError(f"query {promql!r} failed: {body}")
-        return body["data"]["result"]
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.process is not None:
+            self.process.stop(grace=10)
 
     def __enter__(self) -> "PrometheusRunner":
         return self.start()

@@ -1,6 +1,6 @@
 """The local sandbox: every moving part of a cluster that the demo needs, on 127.0.0.1.
 
-- the kmock Kubernetes emulator (the testbed's subclass, `tests.support.emulator`) over real
+- the kmock Kubernetes emulator (`asr_sandbox.kube_emulator`, the one the tests use) over real
   HTTP, with the ASRModelRollout CRD registered, and a kubeconfig pointing at it;
 - a real Prometheus (file_sd targets: every pod and the operator's metrics port);
 - the node agent (pods as real inference-server processes) and the gateway;
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,11 +23,11 @@ import requests
 import yaml
 
 from asr_sandbox.gateway import Gateway
+from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
 from asr_sandbox.node_agent import NodeAgent
-from asr_sandbox.prometheus_runner import PrometheusRunner, free_port
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO_ROOT / "deploy" / "crds" / "asrmodelrollouts.yaml"
+from asr_sandbox.paths import CRD_PATH, REPO_ROOT
+from asr_sandbox.processes import free_port, stop_process_group
+from asr_sandbox.prometheus_runner import PrometheusRunner
 
 # kind -> (API prefix, plural) for what the demo creates.
 RESOURCES = {
@@ -117,14 +116,7 @@ class OperatorProcess:
             raise RuntimeError(f"the operator exited with {self.proc.returncode}:\n{tail}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process_group(self.proc, grace=15)
 
 
 class Sandbox:
@@ -147,11 +139,6 @@ class Sandbox:
         return self
 
     def _start(self) -> None:
-        # The testbed's emulator subclass; imported, not copied (see docs/contracts.md layout).
-        if str(REPO_ROOT) not in sys.path:  # `tests` lives at the repository root, not in a package
-            sys.path.append(str(REPO_ROOT))
-        from tests.support.emulator import EmulatorServer, write_kubeconfig
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.emulator = self._stack.enter_context(EmulatorServer())
         self.emulator.emulator.register_crd(yaml.safe_load(CRD_PATH.read_text()))

@@ -5,7 +5,6 @@ the emulator lacks."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -16,12 +15,12 @@ from typing import Any
 
 import yaml
 
+from asr_sandbox.crd_schema import load_crd
+from asr_sandbox.kube_emulator import ApiEmulator, EmulatorServer, write_kubeconfig
+from asr_sandbox.paths import REPO_ROOT
+from asr_sandbox.processes import ManagedProcess
 from tests.deploy.chart_render import CHART_DIR, of_kind, render
-from tests.support.crd_schema import load_crd
-from tests.support.emulator import ApiEmulator, EmulatorServer, write_kubeconfig
 from tests.support.kube import KubeClient
-from tests.support.paths import REPO_ROOT
-from tests.support.processes import ManagedProcess
 
 NAMESPACE = "speech"
 TEST_AGENT = "asr-deploy-test"
@@ -63,11 +62,8 @@ class RecordingEmulator(ApiEmulator):
 def emulated_cluster(values: dict[str, Any]) -> Iterator[tuple[EmulatorServer, RecordingEmulator, KubeClient]]:
     """The emulator serving the rollout CRD, kopf's peering CRDs and the peering objects the
     chart renders for `values`; a client whose requests are marked as the test's."""
-    server = EmulatorServer()
-    # Set after construction: a kmock handler with no requests yet is falsy, and
-    # EmulatorServer(emulator) falls back to a new ApiEmulator on a falsy argument.
-    server.emulator = recorder = RecordingEmulator()
-    with server as api:
+    recorder = RecordingEmulator()
+    with EmulatorServer(recorder) as api:
         api.emulator.register_crd(load_crd())
         peering_crds = (CHART_DIR / "crds" / "kopf-peerings.yaml").read_text(encoding="utf-8")
         for crd in yaml.safe_load_all(peering_crds):
@@ -89,12 +85,6 @@ def kubeconfig_for(path: Path, server_url: str, token: str) -> Path:
     config["users"][0]["user"]["token"] = token
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def chart_operator_args(values: dict[str, Any], webhook_port: int) -> list[str]:

@@ -1,7 +1,7 @@
 """The Alertmanager webhook receiver against the Kubernetes API emulator over real HTTP.
 
 The receiver runs as a real aiohttp server on 127.0.0.1; it reaches the emulator
-(tests/support/emulator.py: kmock with resourceVersions, the status subresource and a request
+(sandbox/asr_sandbox/kube_emulator.py: kmock with resourceVersions, the status subresource and a request
 log) through the production adapter (`KubernetesRolloutAccess`, the official `kubernetes`
 client). What the state machine then does with the annotation (rollback during a canary, the
 stable revert after a promotion) is tested by the operator's own tests; here: the annotation is
@@ -28,10 +28,10 @@ from asr_operator.alert_webhook import (
     start_alert_webhook,
     token_matches,
 )
-from tests.support.crd_schema import load_crd
-from tests.support.emulator import EmulatorServer
+from asr_sandbox.crd_schema import load_crd
+from asr_sandbox.kube_emulator import EmulatorServer
+from asr_sandbox.paths import EXAMPLES_DIR
 from tests.support.kube import KubeClient
-from tests.support.paths import EXAMPLES_DIR
 
 API_VERSION, PLURAL = "asr.rollout.dev/v1alpha1", "asrmodelrollouts"
 TOKEN = "s3cret-token"

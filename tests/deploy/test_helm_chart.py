@@ -17,10 +17,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from asr_sandbox.crd_schema import apply_defaults, to_json_schema
 from tests.deploy.chart_render import (
     CHART_DIR, NON_DEFAULT_VALUES, RELEASE_NAMESPACE, REPO_ROOT, VALUE_SETS, of_kind, render, render_notes,
 )
-from tests.support.crd_schema import apply_defaults, to_json_schema
 
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
 KUBE_VERSIONS = ["1.26.0", kubernetes_validate.latest_version() + ".0"]

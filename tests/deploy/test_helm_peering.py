@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from asr_sandbox.kube_emulator import EmulatorServer
+from asr_sandbox.processes import free_port
 from tests.deploy.operator_run import (
-    NAMESPACE, RO, RecordingEmulator, deployment_controller, emulated_cluster, example_rollout, free_port,
+    NAMESPACE, RO, RecordingEmulator, deployment_controller, emulated_cluster, example_rollout,
     kubeconfig_for, phase, start_operator,
 )
-from tests.support.emulator import EmulatorServer
 from tests.support.kube import KubeClient, wait_for
 
 VALUES = {"replicaCount": 2, "watchNamespaces": [NAMESPACE], "verbose": True}

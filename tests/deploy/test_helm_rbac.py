@@ -7,7 +7,7 @@ manual promotion, an Alertmanager alert through the operator's webhook within th
 post-promotion window (the stable version is reverted), a second rollout with the replica-ratio
 router, someone else's edit of a child that the operator puts back, a canary alert (the canary
 is rolled back), and a deletion. Every request it makes is recorded by the emulator
-(tests/support/emulator.py) and reduced to (apiGroup, resource, verb); the test's own requests
+(sandbox/asr_sandbox/kube_emulator.py) and reduced to (apiGroup, resource, verb); the test's own requests
 are told apart by their User-Agent. The set is compared both ways with the rules the chart renders: a call the rules do
 not grant fails (the operator would get 403 in a cluster), and a rule no call used fails (a
 grant nobody needs).
@@ -24,14 +24,14 @@ import pytest
 import requests
 import yaml
 
+from asr_sandbox.kube_emulator import LoggedRequest, write_kubeconfig
+from asr_sandbox.processes import ManagedProcess, free_port
 from tests.deploy.chart_render import of_kind, render
 from tests.deploy.operator_run import (
-    NAMESPACE, RO, TOKEN, deployment_controller, emulated_cluster, example_rollout, free_port, http_route,
+    NAMESPACE, RO, TOKEN, deployment_controller, emulated_cluster, example_rollout, http_route,
     phase, start_operator,
 )
-from tests.support.emulator import LoggedRequest, write_kubeconfig
 from tests.support.kube import KubeClient, wait_for
-from tests.support.processes import ManagedProcess
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 

@@ -11,8 +11,8 @@ import yaml
 
 from asr_sandbox.cluster import default_examples, documents
 from asr_sandbox.demo import main
+from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
 from asr_sandbox.sandbox import CRD_PATH
-from tests.support.emulator import EmulatorServer, write_kubeconfig
 
 
 @pytest.fixture()

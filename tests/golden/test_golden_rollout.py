@@ -20,13 +20,13 @@ import pytest
 import yaml
 
 from asr_sandbox import ConfigMapDir, ServerProcess, model_config
+from asr_sandbox.crd_schema import load_crd
+from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
+from asr_sandbox.prometheus_runner import PrometheusRunner
 from tests.golden.conftest import GoldenModels
-from tests.support.crd_schema import load_crd
-from tests.support.emulator import EmulatorServer, write_kubeconfig
 from tests.support.fake_pods import FakePods
 from tests.support.kube import KubeClient, wait_for
 from tests.support.operator_process import OperatorProcess, operator_process
-from tests.support.prometheus import PrometheusServer
 from tests.support.rollouts import rollout_manifest, start_new_version, status, wait_phase
 
 pytestmark = pytest.mark.slow
@@ -96,8 +96,8 @@ def cluster(golden_models: GoldenModels, tmp_path_factory: pytest.TempPathFactor
             for server in servers:
                 server.server.start()
             with FakePods(api.url) as pods, KubeletSync(servers) as sync, \
-                    PrometheusServer(workdir / "prometheus",
-                                     [pods.target] + [s.server.url.removeprefix("http://") for s in servers]) as prom:
+                    PrometheusRunner(workdir / "prometheus", targets={"asr-pods": [
+                        pods.target, *(s.server.url.removeprefix("http://") for s in servers)]}) as prom:
                 operator = operator_process([NAMESPACE], write_kubeconfig(workdir / "kubeconfig", api.url),
                                             workdir / "operator.log").start()
                 try:

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,13 @@ def sample(text: str, name: str, **labels: str) -> float | None:
             found.append(float(line.rsplit(" ", 1)[1]))
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
     return found[0] if found else None
+
+
+def reload_error(proc: ServerProcess) -> dict[str, Any] | None:
+    """The server's last refused reload (`last_reload_error` of /v1/models), if any."""
+    _, body = proc.get_json("/v1/models")
+    error: dict[str, Any] | None = body.get("last_reload_error")
+    return error
 
 
 def wait_until(probe, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -103,17 +111,12 @@ def test_ceiling_refuses_a_version_and_the_old_one_keeps_serving(server: tuple[S
     proc.wait_serving("v2-same", timeout_s=120)
     cm.swap(model_config("v2", vad=False, options={"golden_cer_max": 0.05}))
 
-    def failed() -> dict | None:  # type: ignore[type-arg]
-        _, body = proc.get_json("/v1/models")
-        error = body.get("last_reload_error")
-        return body if error and error["version"] == "v2" else None
-
-    body = wait_until(failed, 120, "the v2 load to fail")
-    error = body["last_reload_error"]
+    error = wait_until(lambda: (e := reload_error(proc)) and e["version"] == "v2" and e, 120, "the v2 load to fail")
     assert error["reason"] == "golden"
     measured = re.search(r"golden-set CER (\d\.\d{4}) is over the ceiling golden_cer_max 0.05", error["message"])
     assert measured, error["message"]
     assert float(measured.group(1)) > 0.5
+    _, body = proc.get_json("/v1/models")
     assert body["serving"]["version"] == "v2-same"     # never turned ready; the old one serves
     assert body["versions"]["v2"] == "FAILED"
     status, _ = proc.get_json("/readyz")
@@ -143,12 +146,8 @@ def test_invalid_golden_options_are_refused_with_the_reason(server: tuple[Server
     proc, cm = server
     cm.swap(model_config("v2", vad=False, options={"golden_cer_max": 5}))
 
-    def failed() -> dict | None:  # type: ignore[type-arg]
-        _, body = proc.get_json("/v1/models")
-        error = body.get("last_reload_error")
-        return error if error and "golden_cer_max must be a number from 0 to 1" in error["message"] else None
-
-    error = wait_until(failed, 30, "the invalid config to be refused")
+    error = wait_until(lambda: (e := reload_error(proc)) and "golden_cer_max must be a number from 0 to 1"
+                       in e["message"] and e, 30, "the invalid config to be refused")
     assert error["reason"] == "invalid_config"
 
 
@@ -157,12 +156,8 @@ def test_version_without_golden_set(server: tuple[ServerProcess, ConfigMapDir]) 
     # a ceiling with nothing to measure is refused, not waved through
     cm.swap(model_config("plain", vad=False, options={"golden_cer_max": 0.1}))
 
-    def failed() -> dict | None:  # type: ignore[type-arg]
-        _, body = proc.get_json("/v1/models")
-        error = body.get("last_reload_error")
-        return error if error and error["version"] == "plain" else None
-
-    error = wait_until(failed, 120, "the plain version with a ceiling to be refused")
+    error = wait_until(lambda: (e := reload_error(proc)) and e["version"] == "plain" and e, 120,
+                       "the plain version with a ceiling to be refused")
     assert error["reason"] == "golden" and "ships no golden/ set" in error["message"]
     # without a ceiling it serves; there is simply no golden result
     cm.swap(model_config("plain", vad=False))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.crd_schema import load_crd
-from tests.support.emulator import EmulatorServer, write_kubeconfig
+from asr_sandbox.crd_schema import load_crd
+from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
+from asr_sandbox.prometheus_runner import PrometheusRunner
 from tests.support.fake_pods import FakePods
 from tests.support.kube import KubeClient
-from tests.support.prometheus import PrometheusServer
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def pods(api: EmulatorServer) -> Iterator[FakePods]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(pods: FakePods, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+def prometheus(pods: FakePods, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusRunner]:
     """A real Prometheus scraping the fake pods every second."""
-    with PrometheusServer(tmp_path_factory.mktemp("prometheus"), [pods.target]) as server:
+    with PrometheusRunner(tmp_path_factory.mktemp("prometheus"), targets={"asr-pods": [pods.target]}) as server:
         yield server

@@ -1,7 +1,7 @@
 """The ASRModelRollout CRD: its shape, the examples it accepts and the specs it rejects.
 
 Custom resources are validated with `jsonschema` against the CRD's own openAPIV3Schema after
-applying its defaults the way the API server does (tests/support/crd_schema.py).
+applying its defaults the way the API server does (sandbox/asr_sandbox/crd_schema.py).
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.support.crd_schema import (
+from asr_sandbox.crd_schema import (
     defaulted, describe, load_crd, openapi_schema, served_version, validation_errors,
 )
-from tests.support.paths import EXAMPLES_DIR
+from asr_sandbox.paths import EXAMPLES_DIR
 
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.emulator import EmulatorServer, matches_label_selector
+from asr_sandbox.kube_emulator import EmulatorServer, matches_label_selector
+from asr_sandbox.paths import REPO_ROOT
+from asr_sandbox.processes import ManagedProcess
 from tests.support.kube import ApiError, KubeClient, wait_for
-from tests.support.paths import REPO_ROOT
-from tests.support.processes import ManagedProcess
 
 RO = ("asr.rollout.dev/v1alpha1", "asrmodelrollouts")
 
@@ -205,7 +205,7 @@ def test_fake_pods_act_as_kubelet_and_metrics_reach_a_real_prometheus(
     Deployments from the emulator; a real Prometheus scrapes what they report."""
     import yaml
     from tests.support.fake_pods import FakePods, VersionBehaviour
-    from tests.support.prometheus import PrometheusServer
+    from asr_sandbox.prometheus_runner import PrometheusRunner
     ns, name = "h-pods", "fp"
     for track, version in (("stable", "v1"), ("canary", "v2")):
         kube.create({"apiVersion": "v1", "kind": "ConfigMap",
@@ -216,7 +216,7 @@ def test_fake_pods_act_as_kubelet_and_metrics_reach_a_real_prometheus(
                      "spec": {"replicas": 2 if track == "stable" else 1}})
     with FakePods(api.url) as pods:
         pods.watch(ns, name, versions={"v2": VersionBehaviour(error_ratio=0.5, requests_per_second=40)})
-        with PrometheusServer(tmp_path / "prom", [pods.target]) as prom:
+        with PrometheusRunner(tmp_path / "prom", targets={"asr-pods": [pods.target]}) as prom:
             wait_for(lambda: kube.get("apps/v1", "deployments", ns, f"{name}-stable")
                      .get("status", {}).get("readyReplicas") == 2, 10, "stable readiness")
             served = wait_for(lambda: {r["metric"]["version"]: r["value"][1] for r in prom.query(
@@ -243,8 +243,8 @@ def test_fake_pods_act_as_kubelet_and_metrics_reach_a_real_prometheus(
 
 
 def test_optional_schema_validation_rejects_what_a_cluster_would() -> None:
-    from tests.support.crd_schema import load_crd
-    from tests.support.emulator import ApiEmulator
+    from asr_sandbox.crd_schema import load_crd
+    from asr_sandbox.kube_emulator import ApiEmulator
     with EmulatorServer(ApiEmulator(validate_crds=True)) as strict:
         strict.emulator.register_crd(load_crd())
         client = KubeClient(strict.url)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.emulator import EmulatorServer
+from asr_sandbox.kube_emulator import EmulatorServer
+from asr_sandbox.prometheus_runner import PrometheusRunner
 from tests.support.fake_pods import FakePods, VersionBehaviour
 from tests.support.kube import KubeClient, wait_for
 from tests.support.operator_process import OperatorProcess, operator_process
-from tests.support.prometheus import PrometheusServer
 from tests.support.rollouts import (
     RO, condition, config_of, http_route, model, replicas_of, rollout_manifest, start_new_version, status,
     wait_phase,
@@ -27,6 +27,7 @@ from tests.support.rollouts import (
 pytestmark = pytest.mark.slow
 
 GOOD = VersionBehaviour(requests_per_second=30, error_ratio=0.0, latency_seconds=0.1)
+MANUAL_STEPS = [{"setWeight": 40}, {"pause": {"duration": "1s"}}, {"pause": {}}, {"setWeight": 100}]
 BAD = VersionBehaviour(requests_per_second=30, error_ratio=0.5, latency_seconds=0.1)
 SILENT = VersionBehaviour(requests_per_second=0)
 
@@ -34,7 +35,7 @@ SILENT = VersionBehaviour(requests_per_second=0)
 class Scenario:
     """One namespace, one operator process, helpers to read what the operator did."""
 
-    def __init__(self, api: EmulatorServer, kube: KubeClient, pods: FakePods, prometheus: PrometheusServer,
+    def __init__(self, api: EmulatorServer, kube: KubeClient, pods: FakePods, prometheus: PrometheusRunner,
                  kubeconfig: Path, workdir: Path, namespace: str) -> None:
         self.api, self.kube, self.pods, self.prometheus = api, kube, pods, prometheus
         self.kubeconfig, self.workdir, self.ns = kubeconfig, workdir, namespace
@@ -83,6 +84,16 @@ class Scenario:
     def phase(self, name: str, phases: str | tuple[str, ...], timeout: float = 30) -> dict[str, Any]:
         return wait_phase(self.kube, self.ns, name, phases, timeout, context=self.log)
 
+    def manual_canary_on_v2(self, name: str) -> dict[str, Any]:
+        """A rollout with manual steps settled on v1 (good pods), then v2 started and the
+        rollout waiting at its `pause: {}` step; returns that status."""
+        self.pods.watch(self.ns, name, default=GOOD)
+        self.start_operator()
+        self.create(name, "v1", steps=MANUAL_STEPS)
+        self.settled_on(name, "v1")
+        start_new_version(self.kube, self.ns, name, "v2")
+        return self.manual_pause(name)
+
     def manual_pause(self, name: str, timeout: float = 30) -> dict[str, Any]:
         """Wait for a `pause: {}` step (not a pause the analysis caused, e.g. while the new
         canary has too little traffic yet: `promote` would only resume that one)."""
@@ -124,7 +135,7 @@ class Scenario:
 
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest, api: EmulatorServer, kube: KubeClient, pods: FakePods,
-             prometheus: PrometheusServer, kubeconfig: Path, tmp_path: Path) -> Iterator[Scenario]:
+             prometheus: PrometheusRunner, kubeconfig: Path, tmp_path: Path) -> Iterator[Scenario]:
     namespace = "it-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
     s = Scenario(api, kube, pods, prometheus, kubeconfig, tmp_path, namespace)
     try:
@@ -268,7 +279,7 @@ def test_no_traffic_is_inconclusive_then_paused_never_promoted(scenario: Scenari
 
 
 def test_prometheus_down_never_promotes(scenario: Scenario) -> None:
-    from tests.support.prometheus import free_port
+    from asr_sandbox.processes import free_port
     s, ns, name = scenario, scenario.ns, "blind"
     s.pods.watch(ns, name, default=GOOD)
     s.start_operator()
@@ -324,9 +335,6 @@ def test_invalid_spec_gets_a_condition_creates_nothing_and_others_proceed(scenar
     assert s.operator is not None and s.operator.running
 
 
-MANUAL_STEPS = [{"setWeight": 40}, {"pause": {"duration": "1s"}}, {"pause": {}}, {"setWeight": 100}]
-
-
 def annotate(s: Scenario, name: str, key: str, value: str) -> None:
     s.kube.annotate_rollout(s.ns, name, {f"asr.rollout.dev/{key}": value})
 
@@ -337,12 +345,7 @@ def annotations_of(s: Scenario, name: str) -> dict[str, str]:
 
 def test_spec_change_mid_rollout_supersedes_the_running_canary(scenario: Scenario) -> None:
     s, ns, name = scenario, scenario.ns, "superseded"
-    s.pods.watch(ns, name, default=GOOD)
-    s.start_operator()
-    s.create(name, "v1", steps=MANUAL_STEPS)
-    s.settled_on(name, "v1")
-    start_new_version(s.kube, ns, name, "v2")
-    assert s.manual_pause(name)["canaryVersion"] == "v2"
+    assert s.manual_canary_on_v2(name)["canaryVersion"] == "v2"
     start_new_version(s.kube, ns, name, "v3")
     wait_for(lambda: status(s.kube, ns, name).get("canaryVersion") == "v3"
              and config_of(s.kube, ns, name, "canary")["version"] == "v3", 20, "canary on v3", context=s.log)
@@ -358,12 +361,7 @@ def test_spec_change_mid_rollout_supersedes_the_running_canary(scenario: Scenari
 
 def test_manual_promote_then_rollback_to_a_version_from_history(scenario: Scenario) -> None:
     s, ns, name = scenario, scenario.ns, "manual"
-    s.pods.watch(ns, name, default=GOOD)
-    s.start_operator()
-    s.create(name, "v1", steps=MANUAL_STEPS)
-    s.settled_on(name, "v1")
-    start_new_version(s.kube, ns, name, "v2")
-    s.manual_pause(name)
+    s.manual_canary_on_v2(name)
     time.sleep(2)  # a pause without duration waits for a person, however long
     assert status(s.kube, ns, name)["phase"] == "Paused"
     annotate(s, name, "promote", "true")
@@ -381,12 +379,7 @@ def test_manual_promote_then_rollback_to_a_version_from_history(scenario: Scenar
 
 def test_manual_abort_then_retry(scenario: Scenario) -> None:
     s, ns, name = scenario, scenario.ns, "abort"
-    s.pods.watch(ns, name, default=GOOD)
-    s.start_operator()
-    s.create(name, "v1", steps=MANUAL_STEPS)
-    s.settled_on(name, "v1")
-    start_new_version(s.kube, ns, name, "v2")
-    s.manual_pause(name)
+    s.manual_canary_on_v2(name)
     annotate(s, name, "abort", "true")
     aborted = s.phase(name, "RolledBack", timeout=30)
     assert aborted["failedVersion"] == "v2" and aborted["stableVersion"] == "v1"
@@ -482,12 +475,7 @@ def test_operator_killed_in_every_phase_resumes_to_the_same_outcome(scenario: Sc
 
 def test_children_changed_by_others_are_put_back(scenario: Scenario) -> None:
     s, ns, name = scenario, scenario.ns, "drift"
-    s.pods.watch(ns, name, default=GOOD)
-    s.start_operator()
-    s.create(name, "v1", steps=MANUAL_STEPS)
-    s.settled_on(name, "v1")
-    start_new_version(s.kube, ns, name, "v2")
-    s.manual_pause(name)  # the operator still ticks every analysis interval here
+    s.manual_canary_on_v2(name)  # the operator still ticks every analysis interval here
     canary_replicas = replicas_of(s.kube, ns, name, "canary")
     # Someone points the canary at another model and scales it by hand.
     s.kube.patch("v1", "configmaps", ns, f"{name}-canary-model",

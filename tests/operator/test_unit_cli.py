@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from asr_operator import cli
-from tests.support.emulator import EmulatorServer
+from asr_sandbox.kube_emulator import EmulatorServer
 from tests.support.kube import KubeClient
 
 RO = ("asr.rollout.dev/v1alpha1", "asrmodelrollouts")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from asr_operator.__main__ import parse_args, peering_options
-from tests.support.paths import REPO_ROOT
+from asr_sandbox.paths import REPO_ROOT
 
 
 def test_flags() -> None:

@@ -7,21 +7,19 @@ renders (regenerate it with `python tests/operator/test_unit_promql.py`), the se
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from asr_operator.analysis import queries
+from tests.support.promtool import (
+    HOSTILE_VERSION, requires_promtool, run_promtool, run_with_wrong_expectation, write_rules,
+)
 
 HERE = Path(__file__).resolve().parent / "promql"
 RULES = HERE / "builtin_queries.rules.yml"
 TESTS = HERE / "builtin_queries.test.yml"
-# A version string that would turn the query into `... or vector(1)` if it were pasted unescaped.
-HOSTILE_VERSION = 'x"} or vector(1) or {"'
 VERSIONS = {"v2": "v2", "quiet": "v3", "no_errors": "v4", "hostile": HOSTILE_VERSION}
 RECORD_NAMES = {"error-rate": "error_rate", "p99-latency-seconds": "p99_latency_seconds",
                 "real-time-factor": "real_time_factor"}
@@ -50,27 +48,19 @@ def test_rule_file_holds_exactly_the_queries_the_code_renders() -> None:
     assert {RECORD_NAMES[name] for name in queries.BUILTIN_METRICS} | {"requests", "served_versions"} <= covered
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool is not installed (Debian package prometheus; `make setup` installs it)")
+@requires_promtool
 def test_promtool_rules_pass() -> None:
-    result = subprocess.run(["promtool", "test", "rules", TESTS.name], cwd=HERE, capture_output=True,
-                            text=True, timeout=120)
+    result = run_promtool(TESTS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@requires_promtool
 def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
     """The promtool run can fail: the same test with one wrong value is reported."""
-    broken = TESTS.read_text().replace("value: 0.3\n", "value: 0.4\n", 1)
-    assert broken != TESTS.read_text()
-    shutil.copy(RULES, tmp_path / RULES.name)
-    (tmp_path / TESTS.name).write_text(broken)
-    result = subprocess.run(["promtool", "test", "rules", TESTS.name], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = run_with_wrong_expectation(RULES, TESTS, "value: 0.3\n", "value: 0.4\n", tmp_path)
     assert result.returncode != 0
 
 
 if __name__ == "__main__":
-    RULES.write_text(HEADER + yaml.safe_dump(rendered_rules(), sort_keys=False, width=1000))
-    print(f"wrote {RULES}")
+    write_rules(RULES, HEADER, rendered_rules())

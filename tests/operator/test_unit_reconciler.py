@@ -15,7 +15,7 @@ import pytest
 from asr_operator.analysis.prometheus_source import MetricSource, Sample, SourcePool
 from asr_operator.kube import KubeApi
 from asr_operator.reconciler import Reconciler
-from tests.support.emulator import EmulatorServer
+from asr_sandbox.kube_emulator import EmulatorServer
 from tests.support.kube import KubeClient
 
 RO = ("asr.rollout.dev/v1alpha1", "asrmodelrollouts")

@@ -1,2 +1,3 @@
-"""Test-only helpers: the CRD schema checker, the Kubernetes API emulator, the Prometheus
-fixture, the fake pods app and the operator process runner. Production code never imports this."""
+"""Test-only helpers: the fake pods app, a small Kubernetes client, rollout manifests and the
+operator process runner. The emulator, the CRD schema checker, Prometheus and managed processes
+live in the sandbox (`asr_sandbox`), which the demo shares. Production code never imports this."""

@@ -27,6 +27,8 @@ import aiohttp.web
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from asr_sandbox.loop_thread import LoopThread
+
 POD_LABELS = ["namespace", "rollout", "track", "pod"]
 TRACKS = ("stable", "canary")
 
@@ -78,8 +80,8 @@ class FakePods:
         self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}  # pod -> (metric, labels)
         self._info: dict[str, tuple[str, ...]] = {}  # pod -> model_info label values
         self._lock = threading.Lock()
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="fake-pods", daemon=True)
+        self._background = LoopThread("fake-pods")
+        self.loop = self._background.loop
         self._runner: aiohttp.web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -125,8 +127,7 @@ class FakePods:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> "FakePods":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        self._background.start(self._start())
         return self
 
     async def _start(self) -> None:
@@ -149,13 +150,7 @@ class FakePods:
                 await self._session.close()
             if self._runner is not None:
                 await self._runner.cleanup()
-        try:
-            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(timeout=30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():
-                self.loop.close()
+        self._background.stop(_stop())
 
     def __enter__(self) -> "FakePods":
         return self.start()

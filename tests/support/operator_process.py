@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tests.support.paths import REPO_ROOT
-from tests.support.processes import ManagedProcess
-from tests.support.prometheus import free_port
+from asr_sandbox.paths import REPO_ROOT
+from asr_sandbox.processes import ManagedProcess
+from asr_sandbox.processes import free_port
 
 
 class OperatorProcess(ManagedProcess):

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tests.support.paths import CRD_PATH
+from asr_sandbox.paths import CRD_PATH
 
 
 @lru_cache(maxsize=1)

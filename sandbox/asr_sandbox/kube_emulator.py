@@ -1,5 +1,6 @@
-"""A Kubernetes API emulator for tests: kmock's `KubernetesEmulator`, with the gaps filled that
-a real client (kopf, the kubernetes library, kubectl-like helpers) trips over.
+"""A Kubernetes API emulator for the sandbox (`make demo`) and the tests: kmock's
+`KubernetesEmulator`, with the gaps filled that a real client (kopf, the kubernetes library,
+kubectl-like helpers) trips over.
 
 What this subclass adds to kmock 0.8 (see ../shared/design.md, "Real components"):
 - object metadata stamping: `uid`, `resourceVersion` (one cluster-wide counter), `generation`
@@ -29,7 +30,6 @@ import datetime
 import json
 import re
 import secrets
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +41,9 @@ import kmock
 import yaml
 from kmock._internal import k8s_dicts, references, rendering
 
-from tests.support import crd_schema
-from tests.support.patching import PatchError, json_patch, merge_patch
+from asr_sandbox import crd_schema
+from asr_sandbox.json_patching import PatchError, json_patch, merge_patch
+from asr_sandbox.loop_thread import LoopThread
 
 
 @dataclass(frozen=True)
@@ -587,12 +588,13 @@ def write_kubeconfig(path: Path, server_url: str, namespace: str = "default") ->
 
 class EmulatorServer:
     """The emulator served over real HTTP on 127.0.0.1 from a background thread, so that
-    synchronous tests and subprocesses (the operator) talk to it exactly as to a cluster."""
+    synchronous code (tests, the sandbox) and subprocesses (the operator) talk to it exactly as
+    to a cluster."""
 
     def __init__(self, emulator: ApiEmulator | None = None) -> None:
         self.emulator = emulator if emulator is not None else ApiEmulator()  # an empty one is falsy
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="api-emulator", daemon=True)
+        self._background = LoopThread("api-emulator")
+        self.loop = self._background.loop
         self._runner: aiohttp.web.ServerRunner | None = None
         self.port = 0
 
@@ -601,8 +603,7 @@ class EmulatorServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "EmulatorServer":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        self._background.start(self._start())
         return self
 
     async def _start(self) -> None:
@@ -626,19 +627,13 @@ class EmulatorServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        try:
-            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(timeout=30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():
-                self.loop.close()
+        self._background.stop(_stop())
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run `fn(*args)` on the emulator's loop (for reading its state without races)."""
         async def run() -> Any:
             return fn(*args)
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=30)
+        return self._background.run(run())
 
     def __enter__(self) -> "EmulatorServer":
         return self.start()

@@ -1,11 +1,35 @@
-"""Subprocesses for tests: started in their own process group, logs to a file, always stopped."""
+"""Subprocesses of the sandbox and the tests: started in their own process group, logs to a
+file, always stopped; and free local ports for the servers they start."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Self, Sequence
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (the caller binds it right away)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process_group(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM the process group `proc` leads (started with `start_new_session=True`), then
+    SIGKILL it if it is still running after `grace` seconds. Nothing if it has exited."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
 
 
 class ManagedProcess:
@@ -40,15 +64,7 @@ class ManagedProcess:
             self.proc.wait(timeout=10)
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.proc, grace)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

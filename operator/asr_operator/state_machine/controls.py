@@ -1,0 +1,164 @@
+"""What people and alerts ask for through annotations: promote, abort, retry, rollback-to,
+and a firing alert (roll back a canary, or revert a recent promotion)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..durations import seconds_between
+from ..spec import ModelRef
+from .conditions import condition_of, set_condition
+from .phases import CANARY_PHASES, FAILED_PHASE, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, ROLLING_BACK, SUCCEEDED
+from .tick import Tick, model_from_history
+
+
+ANNOTATION_PREFIX = "asr.rollout.dev/"
+PROMOTE = ANNOTATION_PREFIX + "promote"
+ABORT = ANNOTATION_PREFIX + "abort"
+RETRY = ANNOTATION_PREFIX + "retry"
+ROLLBACK_TO = ANNOTATION_PREFIX + "rollback-to"
+ALERT = ANNOTATION_PREFIX + "alert"
+MANUAL_ANNOTATIONS = (PROMOTE, ABORT, RETRY, ROLLBACK_TO)
+
+
+def _parse_alert(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None  # the receiver always writes JSON; anything else was not an alert
+    return data if isinstance(data, dict) else None
+
+
+def apply_annotations(tick: Tick) -> None:
+    notes = tick.obs.annotations
+    for key in MANUAL_ANNOTATIONS:
+        if key in notes:
+            tick.remove_before.append(key)
+    if ALERT in notes:
+        tick.remove_after.append(ALERT)
+        _alert(tick, _parse_alert(notes.get(ALERT)))
+    if notes.get(ABORT, "").lower() == "true":
+        if tick.phase in (*CANARY_PHASES, PROMOTING):
+            tick.rollback("aborted by user (asr.rollout.dev/abort)", "Aborted")
+        else:
+            tick.event("AbortIgnored", f"nothing to abort in phase {tick.phase}", warning=True)
+    if ROLLBACK_TO in notes:
+        _rollback_to(tick, notes[ROLLBACK_TO].strip())
+    if notes.get(RETRY, "").lower() == "true":
+        if tick.phase in (ROLLED_BACK, ROLLING_BACK, FAILED_PHASE):
+            tick.s["failedSpec"] = None
+            tick.event("Retry", "retry requested: the failed version may be tried again")
+        elif tick.phase == PAUSED:
+            _resume(tick, "retry requested")
+        else:
+            tick.event("RetryIgnored", f"nothing to retry in phase {tick.phase}", warning=True)
+    if notes.get(PROMOTE, "").lower() == "true":
+        _promote_request(tick)
+
+
+def _alert(tick: Tick, alert: dict[str, Any] | None) -> None:
+    if alert is None:
+        tick.event("AlertIgnored", "the asr.rollout.dev/alert annotation is not a JSON object like "
+                                   '{"alertname": ..., "fingerprint": ..., "startsAt": ...}; ignored', warning=True)
+        return
+    fingerprint = str(alert.get("fingerprint") or "")
+    last = tick.s.get("lastAlert") or {}
+    if fingerprint and last.get("fingerprint") == fingerprint and last.get("startsAt", "") == alert.get("startsAt", ""):
+        return  # Alertmanager repeats a firing alert; this episode was handled already
+    name = str(alert.get("alertname") or "alert")
+    summary = str(alert.get("summary") or "")
+    tick.s["lastAlert"] = dict(alert)  # the same object as the annotation (docs/contracts.md)
+    described = f"alert {name} firing" + (f": {summary}" if summary else "")
+    if not tick.spec.rollback.on_alert:
+        action = "ignored (spec.rollback.onAlert is false)"
+    elif tick.phase in (*CANARY_PHASES, PROMOTING):
+        action = "canary rolled back"
+        tick.rollback(described, "AlertFiring")
+    elif tick.phase == SUCCEEDED and _within_post_promotion_window(tick):
+        action = _revert_last_promotion(tick, described)
+    else:
+        action = f"ignored in phase {tick.phase} (no canary, outside the post-promotion window)"
+    set_condition(tick.s, "Alert", True, "AlertFiring", f"{described}; {action}", tick.now)
+    tick.event("AlertReceived", f"{described}; {action}", warning=True)
+
+
+def _within_post_promotion_window(tick: Tick) -> bool:
+    since = seconds_between(tick.s.get("promotedAt"), tick.now)
+    return since is not None and since <= tick.spec.rollback.post_promotion_window_seconds
+
+
+def _previous_promoted(tick: Tick, before_version: str) -> dict[str, Any] | None:
+    promoted = [entry for entry in tick.s.get("history") or [] if entry.get("outcome") == "Promoted"]
+    for entry in reversed(promoted[:-1] if promoted and promoted[-1].get("version") == before_version else promoted):
+        if entry.get("version") != before_version:
+            return entry
+    return None
+
+
+def _revert_last_promotion(tick: Tick, reason: str) -> str:
+    current = tick.stable_model
+    assert current is not None
+    previous = _previous_promoted(tick, current.version)
+    if previous is None:
+        return "no earlier promoted version in history to revert to"
+    _point_stable_at(tick, model_from_history(previous), current, reason)
+    return f"stable reverted from {current.version} to {previous['version']}"
+
+
+def _point_stable_at(tick: Tick, target: ModelRef, current: ModelRef, reason: str) -> None:
+    tick.history(current, "RolledBack", reason)
+    tick.s.update(stableModel=target.to_status(), stableVersion=target.version, failedVersion=current.version)
+    # The spec still names the reverted version: do not roll it forward again by itself.
+    tick.s["failedSpec"] = None if tick.spec.model.same_as(target) else tick.spec.fingerprint
+    tick.stamp("rolledBackAt")
+    tick.enter(ROLLED_BACK, f"stable reverted to {target.version}: {reason}")
+    set_condition(tick.s, "Healthy", False, "Reverted", tick.s["message"], tick.now)
+    tick.event("StableReverted", tick.s["message"], warning=True)
+
+
+def _rollback_to(tick: Tick, version: str) -> None:
+    entries = [entry for entry in tick.s.get("history") or [] if entry.get("outcome") == "Promoted"]
+    matches = [entry for entry in entries if entry.get("version") == version]
+    if not matches:
+        known = ", ".join(sorted({str(entry.get("version")) for entry in entries})) or "none"
+        tick.event("RollbackToIgnored",
+                   f"rollback-to {version!r}: not a promoted version in status.history (known: {known})",
+                   warning=True)
+        return
+    if tick.phase in (*CANARY_PHASES, PROMOTING):
+        tick.rollback(f"rollback to {version} requested by user", "RollbackRequested")
+    current = tick.stable_model
+    assert current is not None
+    target = model_from_history(matches[-1])
+    if current.same_as(target):
+        tick.event("RollbackToIgnored", f"rollback-to {version}: stable already serves it")
+        return
+    _point_stable_at(tick, target, current, f"rollback to {version} requested by user")
+
+
+def _promote_request(tick: Tick) -> None:
+    """promote = skip the current wait: a pause step, or a pause the analysis caused. It never
+    skips the data gate: promotion itself still needs a successful analysis."""
+    steps = tick.spec.strategy.steps
+    index = int(tick.s.get("currentStep") or 0)
+    if tick.phase == PAUSED and (condition_of(tick.s, "Paused") or {}).get("reason") != "ManualPause":
+        _resume(tick, "promote requested")
+    elif tick.phase in CANARY_PHASES and index < len(steps) and steps[index].pause:
+        tick.s["currentStep"] = index + 1
+        tick.stamp("stepStartedAt")
+        tick.enter(PROGRESSING, f"step {index} (pause) skipped by promote")
+        set_condition(tick.s, "Paused", False, "Resumed", "promote requested", tick.now)
+        tick.event("Resumed", tick.s["message"])
+    else:
+        tick.event("PromoteIgnored", f"nothing to skip in phase {tick.phase} at step {index}", warning=True)
+
+
+def _resume(tick: Tick, why: str) -> None:
+    counters = dict(tick.s.get("counters") or {})
+    counters.update(inconclusive=0, errors=0)
+    tick.s["counters"] = counters
+    tick.enter(PROGRESSING, f"resumed: {why}")
+    set_condition(tick.s, "Paused", False, "Resumed", why, tick.now)
+    tick.event("Resumed", tick.s["message"])

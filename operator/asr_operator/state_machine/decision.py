@@ -1,0 +1,51 @@
+"""What decide() returns: the next status, every child's desired state, events and
+annotations to remove, and when to look again."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..spec import ModelRef
+
+
+@dataclass(frozen=True)
+class EnsureServices:
+    replica_ratio: bool
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    weight: int
+
+
+@dataclass(frozen=True)
+class EnsureConfigMap:
+    track: str
+    model: ModelRef
+
+
+@dataclass(frozen=True)
+class EnsureDeployment:
+    track: str
+    replicas: int
+    version: str
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+Action = EnsureServices | SetWeight | EnsureConfigMap | EnsureDeployment
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: dict[str, Any]
+    actions: tuple[Action, ...]  # in this order: services, weight, ConfigMaps, Deployments
+    events: tuple[EmitEvent, ...] = ()
+    remove_before: tuple[str, ...] = ()  # manual annotations: removed before status is written
+    remove_after: tuple[str, ...] = ()  # the alert annotation: removed after (fingerprint dedupes)
+    requeue_after: float | None = None  # seconds; 0 = observe and decide again right away

@@ -1,0 +1,98 @@
+"""decide(): the state machine's entry point, and wants(): what it will need measured."""
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from ..spec import InvalidSpec, RolloutSpec
+from ..traffic.replica_ratio import split_replicas
+from .analysis_gate import analysis_due
+from .children_plan import desired_children
+from .conditions import condition_of, set_condition
+from .controls import apply_annotations
+from .decision import Decision, EmitEvent
+from .observations import Needs, Observations
+from .phase_handlers import advance, first_version
+from .phases import CANARY_PHASES, FAILED_PHASE, PENDING, PROMOTING, ROLLING_BACK
+from .tick import Tick
+
+
+def wants(spec: RolloutSpec | None, status: Mapping[str, Any], now: datetime.datetime) -> Needs:
+    if spec is None:
+        return Needs()
+    prometheus = spec.analysis is not None and bool(spec.analysis.prometheus_address)
+    return Needs(analysis=analysis_due(spec, status, now),
+                 served_versions=prometheus and status.get("phase") == PROMOTING,
+                 rollback_check=status.get("phase") == ROLLING_BACK,
+                 canary_versions=prometheus and status.get("phase") in CANARY_PHASES
+                 and bool(status.get("canaryReloading")))
+
+
+def decide(spec: RolloutSpec | InvalidSpec, status: Mapping[str, Any] | None, obs: Observations,
+           now: datetime.datetime) -> Decision:
+    """The next status and the desired state of every child, from what is known now."""
+    status = status or {}
+    if isinstance(spec, InvalidSpec):
+        return _invalid(spec, status, obs, now)
+
+    tick = Tick(spec, status, obs, now)
+    if obs.generation is not None:
+        tick.s["observedGeneration"] = obs.generation
+    if (condition_of(tick.s, "InvalidSpec") or {}).get("status") == "True":
+        tick.event("SpecValid", "the spec is valid again")
+    set_condition(tick.s, "InvalidSpec", False, "Valid", "", now)
+
+    if tick.stable_model is None:
+        first_version(tick)
+    elif tick.phase in (PENDING, FAILED_PHASE):
+        apply_annotations(tick)  # a retry may clear the failure
+        if tick.phase == PENDING or not tick.blocked():
+            first_version(tick)
+    else:
+        apply_annotations(tick)
+        advance(tick)
+    _common_status(tick)
+    return Decision(
+        status=tick.s,
+        actions=desired_children(spec, tick.s),
+        events=tuple(tick.events),
+        remove_before=tuple(tick.remove_before),
+        remove_after=tuple(tick.remove_after),
+        requeue_after=min(tick.requeue) if tick.requeue else None,
+    )
+
+
+def _invalid(error: InvalidSpec, status: Mapping[str, Any], obs: Observations,
+             now: datetime.datetime) -> Decision:
+    """Create and change nothing; say what is wrong. Fixing the spec resumes from status."""
+    s = copy.deepcopy(dict(status))
+    if obs.generation is not None:
+        s["observedGeneration"] = obs.generation
+    message = str(error)
+    events: tuple[EmitEvent, ...] = ()
+    previous = condition_of(s, "InvalidSpec") or {}
+    if previous.get("status") != "True" or previous.get("message") != message:
+        events = (EmitEvent("Warning", "InvalidSpec", message),)
+    set_condition(s, "InvalidSpec", True, "InvalidSpec", message, now)
+    if not s.get("phase"):
+        s["phase"] = FAILED_PHASE
+    s["message"] = f"invalid spec: {message}"
+    return Decision(status=s, actions=(), events=events)
+
+
+def _common_status(tick: Tick) -> None:
+    s = tick.s
+    stable = tick.obs.stable
+    ready = stable is not None and stable.ready_for(min(1, tick.spec.server.replicas))
+    set_condition(s, "Available", ready, "StableReady" if ready else "StableNotReady",
+                  f"stable pods ready: {stable.ready if stable else 0}/{tick.spec.server.replicas}", tick.now)
+    if tick.spec.traffic.provider == "replicaRatio":
+        weight = int(s.get("canaryWeight") or 0)
+        s["weightApproximate"] = True
+        s["effectiveCanaryWeight"] = split_replicas(tick.spec.server.replicas, weight).effective_weight
+    else:
+        s["weightApproximate"] = False
+        s["effectiveCanaryWeight"] = int(s.get("canaryWeight") or 0)
+    s.setdefault("counters", {"failed": 0, "inconclusive": 0, "errors": 0})

@@ -1,0 +1,200 @@
+"""What each phase does on a tick: the first version, the canary's steps and readiness,
+promotion, and finishing a rollback."""
+from __future__ import annotations
+
+from ..durations import seconds_between
+from .analysis_gate import analysis_due, gate_open, record_analysis, schedule_analysis
+from .children_plan import desired_replicas
+from .conditions import condition_of, set_condition
+from .phases import CANARY_PHASES, FAILED_PHASE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED
+from .tick import POLL_SECONDS, Tick
+
+
+def first_version(tick: Tick) -> None:
+    """The first version: no canary (nothing to compare with); Succeeded once stable is ready."""
+    spec = tick.spec
+    stable = tick.stable_model
+    if stable is None or not spec.model.same_as(stable) or tick.phase == FAILED_PHASE:
+        tick.s.update(stableModel=spec.model.to_status(), stableVersion=spec.model.version,
+                      canaryWeight=0, currentStep=None, failedSpec=None, canaryModel=None, canaryVersion=None)
+        tick.stamp("rolloutStartedAt")
+        tick.enter(PENDING, f"starting the first version {spec.model.version}")
+        set_condition(tick.s, "Progressing", True, "InitialDeploy", tick.s["message"], tick.now)
+        tick.event("InitialDeploy", tick.s["message"])
+    stable_ready = tick.obs.stable is not None and tick.obs.stable.ready_for(spec.server.replicas)
+    if stable_ready:
+        tick.history(spec.model, "Promoted", "first version")
+        tick.stamp("promotedAt")
+        tick.enter(SUCCEEDED, f"{spec.model.version} serving")
+        set_condition(tick.s, "Progressing", False, "Ready", tick.s["message"], tick.now)
+        tick.event("Ready", tick.s["message"])
+        return
+    waited = seconds_between(tick.s.get("rolloutStartedAt"), tick.now) or 0.0
+    deadline = spec.strategy.progress_deadline_seconds
+    if waited >= deadline:
+        reason = f"stable pods of {spec.model.version} not ready after {deadline:g}s (progressDeadlineSeconds)"
+        tick.s["failedSpec"] = spec.fingerprint
+        tick.s["failedVersion"] = spec.model.version
+        tick.enter(FAILED_PHASE, reason)
+        set_condition(tick.s, "Progressing", False, "ProgressDeadlineExceeded", reason, tick.now)
+        tick.event("ProgressDeadlineExceeded", reason, warning=True)
+        return
+    tick.wait(min(POLL_SECONDS, deadline - waited))
+
+
+def advance(tick: Tick) -> None:
+    spec = tick.spec
+    phase = tick.phase
+    if phase == ROLLING_BACK:
+        _finish_rollback(tick)
+        return
+    if phase == PROMOTING:
+        _promoting(tick)
+        return
+    if phase in CANARY_PHASES:
+        canary = tick.canary_model
+        if canary is None:  # status edited by hand: start over cleanly
+            tick.enter(SUCCEEDED, "no canary in status")
+        elif not spec.model.same_as(canary):
+            if spec.model.same_as(tick.stable_model):
+                tick.rollback(f"spec.model changed back to the stable {spec.model.version}", "Superseded",
+                              failed=False)
+            else:
+                tick.event("Superseded", f"spec changed mid-rollout: canary {canary.version} replaced by {spec.model.version}")
+                tick.start_canary(f"supersedes {canary.version}", reload=True)
+            return
+        else:
+            _canary(tick)
+            return
+    # Succeeded, RolledBack, Failed-with-stable: is there something new to roll out?
+    if spec.model.same_as(tick.stable_model):
+        if tick.phase != SUCCEEDED:
+            tick.s["failedSpec"] = None
+            tick.enter(SUCCEEDED, f"spec names the stable version {spec.model.version}")
+        return
+    if tick.blocked():
+        return  # the failed version waits for a spec change or the retry annotation
+    tick.start_canary(f"spec.model is {spec.model.version}")
+
+
+def _finish_rollback(tick: Tick) -> None:
+    """RollingBack -> RolledBack once traffic and the canary ConfigMap are seen reverted."""
+    stable = tick.stable_model
+    obs = tick.obs
+    if obs.traffic_weight == 0 and stable is not None and stable.same_as(obs.canary_config):
+        tick.enter(ROLLED_BACK, str(tick.s.get("message", "")).replace("rolling back", "rolled back", 1))
+        tick.event("RolledBack", tick.s["message"], warning=True)
+    else:
+        tick.wait(POLL_SECONDS)
+
+
+def _promoting(tick: Tick) -> None:
+    canary = tick.canary_model
+    assert canary is not None
+    spec = tick.spec
+    stable = tick.obs.stable
+    stable_ready = stable is not None and stable.ready_for(spec.server.replicas)
+    served = tick.obs.served_versions
+    checks_prometheus = spec.analysis is not None and bool(spec.analysis.prometheus_address)
+    if checks_prometheus:
+        done = stable_ready and served is not None and set(served) == {canary.version} and served[canary.version] >= 1
+    else:
+        done = stable_ready  # no Prometheus to ask: the stable pods' readiness is all there is
+    if done:
+        tick.finish_promotion("stable pods serve it" + ("" if checks_prometheus else " (readiness only: no Prometheus)"))
+        return
+    waited = seconds_between(tick.s.get("stepStartedAt"), tick.now) or 0.0
+    deadline = spec.strategy.progress_deadline_seconds
+    if waited >= deadline:
+        seen = ", ".join(f"{version}: {count}" for version, count in sorted((served or {}).items())) or "nothing"
+        tick.rollback(f"stable pods did not serve {canary.version} within {deadline:g}s (serving {seen})",
+                      "PromotionTimedOut")
+        return
+    tick.wait(min(POLL_SECONDS, deadline - waited))
+
+
+def _canary(tick: Tick) -> None:
+    spec = tick.spec
+    _, canary_wanted = desired_replicas(spec, tick.s)
+    canary_state = tick.obs.canary
+    ready = canary_wanted == 0 or (canary_state is not None and canary_state.ready_for(canary_wanted))
+    if ready and tick.s.get("canaryReloading"):
+        if canary_wanted == 0:
+            # No canary pod runs (replicaRatio at weight 0), so none can report a reload; pods
+            # started later read the new ConfigMap from the start: their readiness says it then.
+            tick.s["canaryReloading"] = None
+        else:
+            ready = _canary_reloaded(tick)
+    deadline = spec.strategy.progress_deadline_seconds
+    if not ready:
+        if not tick.s.get("canaryUnreadySince"):
+            tick.stamp("canaryUnreadySince")
+        waited = seconds_between(tick.s.get("canaryUnreadySince"), tick.now) or 0.0
+        if waited >= deadline:
+            tick.rollback(f"canary pods not ready after {deadline:g}s (progressDeadlineSeconds)",
+                          "ProgressDeadlineExceeded")
+            return
+        tick.wait(min(POLL_SECONDS, deadline - waited))
+    else:
+        tick.s["canaryUnreadySince"] = None
+
+    if tick.obs.analysis is not None and analysis_due(spec, tick.s, tick.now):
+        if record_analysis(tick, tick.obs.analysis):
+            return  # rolled back: act on it now, in this same tick
+    if tick.phase == PAUSED and (condition_of(tick.s, "Paused") or {}).get("reason") != "ManualPause":
+        schedule_analysis(tick)
+        return  # an analysis pause waits for a person (promote or retry)
+    if ready:
+        _run_steps(tick)
+    schedule_analysis(tick)
+
+
+def _canary_reloaded(tick: Tick) -> bool:
+    """After a superseding spec change the running canary pods hot-reload: they are ready all
+    along (serving the old model), so readiness alone cannot say the new model serves."""
+    analysis = tick.spec.analysis
+    version = tick.s.get("canaryVersion")
+    served = tick.obs.canary_versions
+    if analysis is None or not analysis.prometheus_address:
+        reloaded = True  # no Prometheus to ask: readiness is all there is
+    else:
+        reloaded = served is not None and set(served) == {version}
+    if reloaded:
+        tick.s["canaryReloading"] = None
+        tick.event("CanaryReloaded", f"canary pods serve {version}")
+    return reloaded
+
+
+def _run_steps(tick: Tick) -> None:
+    steps = tick.spec.strategy.steps
+    for _ in range(len(steps) + 1):
+        index = int(tick.s.get("currentStep") or 0)
+        if index >= len(steps):
+            if gate_open(tick):
+                tick.begin_promotion()
+            return
+        step = steps[index]
+        if step.set_weight is not None:
+            if int(tick.s.get("canaryWeight") or 0) != step.set_weight:
+                tick.s["canaryWeight"] = step.set_weight
+                tick.stamp("weightSetAt")
+                tick.event("SetWeight", f"step {index}: canary weight {step.set_weight}%")
+            tick.s["currentStep"] = index + 1
+            tick.stamp("stepStartedAt")
+            tick.enter(PROGRESSING, f"canary {tick.s.get('canaryVersion')} at {step.set_weight}%")
+            continue
+        if step.is_manual_pause:
+            if tick.phase != PAUSED:
+                tick.enter(PAUSED, f"step {index}: paused until promoted (asr-rollout promote)")
+                set_condition(tick.s, "Paused", True, "ManualPause", tick.s["message"], tick.now)
+                tick.event("Paused", tick.s["message"])
+            return
+        waited = seconds_between(tick.s.get("stepStartedAt"), tick.now) or 0.0
+        remaining = (step.pause_seconds or 0.0) - waited
+        if remaining > 0:
+            tick.wait(remaining)
+            return
+        if not gate_open(tick):
+            return  # the next analysis tick is scheduled; inconclusive ones count toward a pause
+        tick.s["currentStep"] = index + 1
+        tick.stamp("stepStartedAt")

@@ -1,0 +1,12 @@
+"""The phases of a rollout, as written to `status.phase`."""
+from __future__ import annotations
+
+PENDING = "Pending"
+PROGRESSING = "Progressing"
+PAUSED = "Paused"
+PROMOTING = "Promoting"
+SUCCEEDED = "Succeeded"
+ROLLING_BACK = "RollingBack"
+ROLLED_BACK = "RolledBack"
+FAILED_PHASE = "Failed"
+CANARY_PHASES = (PROGRESSING, PAUSED)

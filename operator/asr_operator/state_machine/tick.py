@@ -1,0 +1,144 @@
+"""One decide() run: a working copy of status, what to emit, and the transitions every
+phase shares (start a canary, roll back, promote)."""
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from ..durations import format_time
+from ..spec import ModelRef, RolloutSpec
+from .conditions import set_condition
+from .decision import EmitEvent
+from .observations import Observations
+from .phases import PROGRESSING, PROMOTING, ROLLING_BACK, SUCCEEDED
+
+
+HISTORY_LIMIT = 20
+POLL_SECONDS = 2.0  # re-check while waiting on pods or on Prometheus during promotion
+
+
+def history_entry(model: ModelRef, outcome: str, reason: str, now: datetime.datetime) -> dict[str, Any]:
+    """A `status.history` entry: the model as status holds it, what became of it, why, when."""
+    return {**model.to_status(), "outcome": outcome, "reason": reason, "at": format_time(now)}
+
+
+def model_from_history(entry: Mapping[str, Any]) -> ModelRef:
+    model = ModelRef.from_status(entry)
+    if model is None:
+        raise ValueError(f"status.history entry without a version: {dict(entry)}")
+    return model
+
+
+class Tick:
+    """One decide() run: a working copy of status plus what to emit. Internal to decide()."""
+
+    def __init__(self, spec: RolloutSpec, status: Mapping[str, Any], obs: Observations,
+                 now: datetime.datetime):
+        self.spec = spec
+        self.s: dict[str, Any] = copy.deepcopy(dict(status))
+        self.obs = obs
+        self.now = now
+        self.events: list[EmitEvent] = []
+        self.remove_before: list[str] = []
+        self.remove_after: list[str] = []
+        self.requeue: list[float] = []
+
+    # small vocabulary
+    @property
+    def phase(self) -> str:
+        return str(self.s.get("phase") or "")
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(EmitEvent("Warning" if warning else "Normal", reason, message))
+
+    def enter(self, phase: str, message: str) -> None:
+        self.s["phase"] = phase
+        self.s["message"] = message
+
+    def stamp(self, key: str) -> None:
+        self.s[key] = format_time(self.now)
+
+    def wait(self, seconds: float) -> None:
+        self.requeue.append(max(0.0, seconds))
+
+    @property
+    def stable_model(self) -> ModelRef | None:
+        return ModelRef.from_status(self.s.get("stableModel"))
+
+    @property
+    def canary_model(self) -> ModelRef | None:
+        return ModelRef.from_status(self.s.get("canaryModel"))
+
+    def history(self, model: ModelRef, outcome: str, reason: str) -> None:
+        entries = list(self.s.get("history") or [])
+        entries.append(history_entry(model, outcome, reason, self.now))
+        self.s["history"] = entries[-HISTORY_LIMIT:]
+
+    def blocked(self) -> bool:
+        """The spec names a version that failed, and neither spec nor a retry changed that."""
+        return bool(self.s.get("failedSpec")) and self.s.get("failedSpec") == self.spec.fingerprint
+
+    # transitions
+    def start_canary(self, reason: str, reload: bool = False) -> None:
+        """`reload`: running canary pods hot-reload the new model (a superseded canary); no
+        traffic goes to them until they report serving it."""
+        model = self.spec.model
+        self.s.update(canaryModel=model.to_status(), canaryVersion=model.version, canaryWeight=0,
+                      currentStep=0, counters={"failed": 0, "inconclusive": 0, "errors": 0},
+                      analysis={}, failedSpec=None, canaryReloading=reload or None)
+        # New canary pods are not ready yet: the progress deadline counts from now.
+        for key in ("stepStartedAt", "rolloutStartedAt", "weightSetAt", "canaryUnreadySince"):
+            self.stamp(key)
+        self.enter(PROGRESSING, f"canary {model.version} starting: {reason}")
+        set_condition(self.s, "Progressing", True, "CanaryStarted", self.s["message"], self.now)
+        set_condition(self.s, "Paused", False, "Running", "", self.now)
+        self.event("CanaryStarted", f"canary {model.version} (stable {self.s.get('stableVersion')}): {reason}")
+        self.wait(0)
+
+    def rollback(self, reason: str, condition_reason: str, failed: bool = True) -> None:
+        """Traffic back to stable first, canary ConfigMap reverted, canary scaled to zero.
+        `failed=False`: the canary was withdrawn (spec changed back), not judged bad."""
+        canary = self.canary_model
+        if self.phase == PROMOTING and self.s.get("previousStableModel"):
+            # A promotion already pointed the stable ConfigMap at the canary: point it back.
+            self.s["stableModel"] = self.s["previousStableModel"]
+            self.s["stableVersion"] = self.s["stableModel"].get("version")
+        if canary is not None and failed:
+            self.history(canary, "RolledBack", reason)
+            self.s["failedVersion"] = canary.version
+        self.s["failedSpec"] = self.spec.fingerprint if failed else None
+        self.s.update(canaryWeight=0, canaryModel=None, canaryVersion=None, canaryUnreadySince=None,
+                      previousStableModel=None)
+        self.stamp("rolledBackAt")
+        self.enter(ROLLING_BACK, f"rolling back {canary.version if canary else ''}: {reason}".strip())
+        set_condition(self.s, "Progressing", False, condition_reason, reason, self.now)
+        set_condition(self.s, "Healthy", False, condition_reason, reason, self.now)
+        set_condition(self.s, "Paused", False, "RolledBack", "", self.now)
+        self.event("RollingBack", self.s["message"], warning=True)
+        self.wait(0)
+
+    def begin_promotion(self) -> None:
+        canary = self.canary_model
+        assert canary is not None
+        self.s["previousStableModel"] = self.s.get("stableModel")
+        self.s["stableModel"] = canary.to_status()
+        self.s["stableVersion"] = canary.version
+        self.stamp("stepStartedAt")
+        self.enter(PROMOTING, f"promoting {canary.version}: stable ConfigMap updated, waiting for stable pods to serve it")
+        set_condition(self.s, "Progressing", True, "Promoting", self.s["message"], self.now)
+        self.event("Promoting", self.s["message"])
+        self.wait(0)
+
+    def finish_promotion(self, how: str) -> None:
+        canary = self.canary_model
+        assert canary is not None
+        self.history(canary, "Promoted", how)
+        self.s.update(canaryWeight=0, canaryModel=None, canaryVersion=None, previousStableModel=None,
+                      failedSpec=None, failedVersion=None)
+        self.stamp("promotedAt")
+        self.enter(SUCCEEDED, f"{canary.version} promoted: {how}")
+        set_condition(self.s, "Progressing", False, "Promoted", self.s["message"], self.now)
+        set_condition(self.s, "Healthy", True, "Promoted", self.s["message"], self.now)
+        self.event("Promoted", self.s["message"])
