@@ -29,7 +29,8 @@ class PrometheusRunner:
 
     def __init__(self, workdir: Path, scrape_interval: str = "1s",
                  targets: Mapping[str, Sequence[str]] | None = None) -> None:
-        self.workdir = Path(workdir)
+        # Absolute: Prometheus resolves relative file_sd paths against its config file's folder.
+        self.workdir = Path(workdir).resolve()
         self.scrape_interval = scrape_interval
         self.initial_targets = {job: list(addresses) for job, addresses in (targets or {}).items()}
         self.jobs = tuple(dict.fromkeys([*self.JOBS, *self.initial_targets]))

@@ -2,6 +2,8 @@
 node agent's pod-template handling, judging a scenario, measuring time to restored traffic."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from asr_sandbox import scenarios as sc
@@ -97,3 +99,19 @@ def test_demo_refuses_a_bad_rate() -> None:
 
     with pytest.raises(SystemExit):
         parse_args(["--rate", "0"])
+
+
+def test_prometheus_target_files_are_absolute_for_a_relative_workdir(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`make demo` passes a relative report folder; Prometheus would resolve a relative file_sd
+    path against its config file's folder and never find the pods."""
+    import yaml
+
+    from asr_sandbox.prometheus_runner import PrometheusRunner
+
+    monkeypatch.chdir(tmp_path)
+    runner = PrometheusRunner(Path("reports/run/prometheus"))
+    runner.workdir.mkdir(parents=True)
+    config = yaml.safe_load(runner._write_config().read_text())
+    files = [f for job in config["scrape_configs"] for sd in job["file_sd_configs"] for f in sd["files"]]
+    assert files and all(Path(f).is_absolute() and Path(f).parent == tmp_path / "reports/run/prometheus/targets"
+                         for f in files), files
