@@ -55,8 +55,9 @@ async def serve(settings: ServerSettings) -> int:
 
     # Imported here, once, so a version's load time is the load itself, not the import (seconds).
     from inference_server.model_loader import import_runtime
+    from inference_server.threads import run_on_own_thread
 
-    await asyncio.to_thread(import_runtime)
+    await run_on_own_thread("asr-import", import_runtime)
     watcher = ConfigWatcher(slot, settings.watch_interval_s)
     watcher.prime()
     outcome = await slot.reload()

@@ -138,11 +138,12 @@ def build_automodel(model_dir: Path, config: ModelConfig, **extra: Any) -> Any:
     )
 
 
-def load_version(config: ModelConfig, models_root: Path, warmup_threads: int | None = None) -> LoadedModel:
+def load_version(config: ModelConfig, models_root: Path) -> LoadedModel:
     """Verify, load and warm `config`'s version. Raises LoadError naming the failed stage.
 
-    `warmup_threads` limits torch threads on the calling thread for the warm-up, so a version
-    loading beside the serving one does not oversubscribe the CPU the requests run on."""
+    The warm-up and golden set run with the version's own `ncpu` torch threads: FunASR 1.4.16
+    sets the calling thread's count to the model's `ncpu` at every generate(), whatever the
+    caller set before. Run this on a thread that exits afterwards (inference_server.threads)."""
     started = time.perf_counter()
     try:
         model_dir = config.model_dir(models_root)
@@ -171,10 +172,6 @@ def load_version(config: ModelConfig, models_root: Path, warmup_threads: int | N
     loaded = LoadedModel(config=config, digest=digest, asr=asr, vad=vad, load_seconds=0.0,
                          loaded_at=time.time())
     try:
-        if warmup_threads is not None:  # FunASR's constructor just set this thread's count to ncpu
-            import torch
-
-            torch.set_num_threads(warmup_threads)
         warm_up(loaded)
     except Exception as exc:
         loaded.close()

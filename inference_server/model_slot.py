@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from inference_server.config import ConfigError, ModelConfig, read_model_config
 from inference_server.golden_eval import GoldenMetrics
 from inference_server.metrics import ServerMetrics
 from inference_server.model_loader import LoadedModel, LoadError, load_version
+from inference_server.threads import run_on_own_thread
 
 log = logging.getLogger("inference_server.reload")
 
@@ -51,10 +51,10 @@ class ModelSlot:
         self.golden_metrics = GoldenMetrics(metrics.registry, metrics.pod)
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        # Loads and releases run on their own thread beside the serving worker, warming up with
-        # one torch thread. (Not reniced: a low-priority thread holding the GIL stalls the
-        # worker and the event loop, which measured worse than sharing the CPU evenly.)
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-loader")
+        # Loads and releases run beside the serving worker, each on a thread of its own that
+        # exits afterwards (see inference_server.threads for why not a long-lived pool). Not
+        # reniced: a low-priority thread holding the GIL stalls the worker and the event loop,
+        # which measured worse than sharing the CPU evenly.
 
     @property
     def ready(self) -> bool:
@@ -88,8 +88,7 @@ class ModelSlot:
             self._set_state(config, "LOADING")
             log.info("loading version %s from %s", config.version, config.path)
             try:
-                loaded = await asyncio.get_running_loop().run_in_executor(
-                    self._loader, load_version, config, self.models_root, 1)
+                loaded = await run_on_own_thread("asr-loader", load_version, config, self.models_root)
             except LoadError as exc:
                 if current is not None and current.version == config.version:
                     self._set_state(config, "READY")  # the same version name keeps serving
@@ -119,7 +118,7 @@ class ModelSlot:
     async def _retire(self, old: LoadedModel) -> None:
         while old.leases > 0:   # in-flight requests and streams finish on the old version
             await asyncio.sleep(0.02)
-        await asyncio.get_running_loop().run_in_executor(self._loader, old.close)
+        await run_on_own_thread("asr-release", old.close)
         self.metrics.update_gpu_memory()
         log.info("released version %s", old.version)
 
@@ -134,8 +133,7 @@ class ModelSlot:
             current, self.current = self.current, None
             while current.leases > 0:
                 await asyncio.sleep(0.02)
-            await asyncio.to_thread(current.close)
-        self._loader.shutdown(wait=False)
+            await run_on_own_thread("asr-release", current.close)
 
     def describe(self) -> dict[str, Any]:
         cur = self.current
