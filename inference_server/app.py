@@ -10,22 +10,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_server import formats, pipeline
 from inference_server.audio import SAMPLE_RATE, decode_audio
-from inference_server.errors import APIError, bad_request, not_ready, too_large
+from inference_server.errors import APIError, bad_request, not_ready
 from inference_server.metrics import ServerMetrics
 from inference_server.model_loader import LoadedModel
 from inference_server.model_slot import ModelSlot
 from inference_server.scheduler import InferenceScheduler
 from inference_server.settings import ServerSettings
+from inference_server.uploads import FIELD_LIMIT, Upload, read_multipart
 
 log = logging.getLogger("inference_server.http")
 
-FIELD_LIMIT = 64 * 1024
-UPLOAD_CHUNK = 64 * 1024
 KNOWN_ENDPOINTS = {
     "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", "/v1/audio/stream",
     "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/v1/golden",
@@ -101,52 +100,6 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
         if _endpoint(request) not in ("/metrics", "/healthz", "/readyz"):
             state.metrics.observe_request(_endpoint(request), status, model, version,
                                           time.perf_counter() - started)
-
-
-@dataclass
-class Upload:
-    files: list[tuple[str, bytes]] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
-
-
-async def read_multipart(request: web.Request, max_bytes: int, max_files: int = 1) -> Upload:
-    """Read a multipart/form-data body, enforcing the size limit while streaming."""
-    if not request.content_type.startswith("multipart/form-data"):
-        raise APIError(415, f"content type {request.content_type or '(none)'} is not supported; "
-                       "send multipart/form-data with the audio in the 'file' field",
-                       code="unsupported_content_type")
-    if request.content_length is not None and request.content_length > max_bytes * max_files + FIELD_LIMIT:
-        raise too_large(f"the request body is {request.content_length} bytes; the limit is {max_bytes} per file")
-    upload = Upload()
-    try:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if not isinstance(part, BodyPartReader):
-                raise bad_request("nested multipart bodies are not supported")
-            name = part.name or ""
-            if name == "file":
-                if len(upload.files) >= max_files:
-                    raise bad_request(f"at most {max_files} file(s) per request", "file")
-                data = bytearray()
-                # 64 KiB: measured faster than 1 MiB reads (aiohttp searches each chunk for the boundary).
-                while chunk := await part.read_chunk(UPLOAD_CHUNK):
-                    data.extend(chunk)
-                    if len(data) > max_bytes:
-                        raise too_large(f"the uploaded file is over the limit of {max_bytes} bytes")
-                upload.files.append((part.filename or f"file{len(upload.files)}", bytes(data)))
-            else:
-                raw = await part.read(decode=False)
-                if len(raw) > FIELD_LIMIT:
-                    raise bad_request(f"form field {name!r} is longer than {FIELD_LIMIT} bytes", name)
-                upload.fields[name] = raw.decode("utf-8", errors="replace")
-    except APIError:
-        raise
-    except Exception as exc:  # malformed multipart: boundaries, headers, truncated bodies
-        raise bad_request(f"the multipart body could not be parsed ({type(exc).__name__}: {exc})") from None
-    return upload
 
 
 def _require_file(upload: Upload) -> tuple[str, bytes]:

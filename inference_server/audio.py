@@ -51,15 +51,21 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> np.nd
         if seconds > limits.max_seconds:
             raise too_large(f"the audio is {seconds:.1f} s long; the limit is {limits.max_seconds:.0f} s", param)
         integer_pcm = sound.subtype.startswith(("PCM_", "ULAW", "ALAW"))
+        # 16-bit PCM (what nearly every client sends) is read as int16 and scaled in one numpy
+        # pass: libsndfile's own float conversion took 0.43 ms of a 10 s clip's 0.5 ms decode.
+        # Both divide by 32768, so the samples are bit-identical.
+        dtype = "int16" if sound.subtype == "PCM_16" else "float32"
         try:
             # Mono is read as 1-D: contiguous already, so no mean/copy on the request path.
-            samples = sound.read(dtype="float32", always_2d=sound.channels > 1)
+            samples = sound.read(dtype=dtype, always_2d=sound.channels > 1)
         except Exception as exc:
             raise bad_request(f"the uploaded audio is truncated or corrupt ({_short(exc)})", param,
                               "invalid_audio") from None
     if samples.shape[0] == 0:
         raise bad_request("the uploaded audio holds no samples (empty or truncated file)", param, "invalid_audio")
     mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim > 1 else samples
+    if samples.dtype == np.int16:
+        mono = np.multiply(mono, np.float32(1 / 32768), dtype=np.float32)
     # Integer PCM cannot hold NaN/inf; only float encodings need the (full-array) check.
     if not integer_pcm and not np.all(np.isfinite(mono)):
         raise bad_request("the uploaded audio contains NaN or infinite samples", param, "invalid_audio")

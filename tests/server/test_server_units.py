@@ -121,6 +121,18 @@ def test_decode_audio_resamples_downmixes_and_refuses_bad_input() -> None:
         assert err.value.status == status and text in err.value.message, (text, err.value.message)
 
 
+@pytest.mark.parametrize("channels,subtype", [(1, "PCM_16"), (2, "PCM_16"), (1, "PCM_24"), (1, "FLOAT")])
+def test_decoded_samples_equal_libsndfiles_float_read(channels: int, subtype: str) -> None:
+    """16-bit PCM takes the int16 + one-scaling fast path; every format must give the samples
+    libsndfile's own float32 read gives (downmixed the same way)."""
+    rng = np.random.default_rng(channels)
+    data = _wav(rng.uniform(-1, 1, (16000, channels)).astype(np.float32), 16000, subtype)
+    reference, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    out = decode_audio(data, AudioLimits())
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert np.array_equal(out, reference.mean(axis=1, dtype=np.float32))
+
+
 def test_vad_events_pair_starts_and_ends_across_chunks() -> None:
     ev = VadEvents()
     assert ev.feed([[300, -1]]) == [{"type": "speech_start", "start_ms": 300}]
