@@ -41,6 +41,10 @@ class ServerState:
     inflight: int = 0
     started_at: float = field(default_factory=time.time)
 
+    def __post_init__(self) -> None:
+        # Read when scraped: nothing to update on the request path.
+        self.metrics.inflight.labels(**self.metrics.pod).set_function(lambda: self.inflight)
+
     def lease(self) -> LoadedModel:
         """The serving version, with a lease the caller must release."""
         if self.draining:
@@ -67,7 +71,6 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
     state = request.app[STATE]
     started = time.perf_counter()
     state.inflight += 1
-    state.metrics.inflight.labels(**state.metrics.pod).set(state.inflight)
     status = 500
     try:
         try:
@@ -92,7 +95,6 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
         return response
     finally:
         state.inflight -= 1
-        state.metrics.inflight.labels(**state.metrics.pod).set(state.inflight)
         served: LoadedModel | None = request.get("served_by")
         current = state.slot.current
         model = served.name if served else (current.name if current else "none")

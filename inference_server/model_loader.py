@@ -121,7 +121,8 @@ def _device(config: ModelConfig) -> str:
     return wanted
 
 
-def build_automodel(model_dir: Path, config: ModelConfig, **extra: Any) -> Any:
+def build_automodel(model_dir: Path, config: ModelConfig, threads: int, **extra: Any) -> Any:
+    """A FunASR AutoModel whose generate() runs with `threads` torch threads (see set_threads)."""
     from funasr import AutoModel
 
     if not (model_dir / "config.yaml").is_file():
@@ -133,17 +134,33 @@ def build_automodel(model_dir: Path, config: ModelConfig, **extra: Any) -> Any:
         disable_pbar=True,
         disable_log=True,
         device=_device(config),
-        ncpu=int(config.server_option("ncpu")),
+        ncpu=threads,
         **extra,
     )
 
 
-def load_version(config: ModelConfig, models_root: Path) -> LoadedModel:
+def set_threads(automodel: Any, threads: int) -> None:
+    """Make `automodel.generate()` run with `threads` torch threads from now on.
+
+    FunASR 1.4.16 sets the calling thread's torch thread count to the `ncpu` the model was
+    built with at the start of every generate() (AutoModel._reset_runtime_configs, from the
+    kwargs snapshot in _base_kwargs_map), whatever the caller set. A model built with one thread
+    for its load is switched to its serving count here. tests/server/test_server_threads.py
+    fails if serving stops using `ncpu` threads."""
+    automodel.kwargs["ncpu"] = threads
+    snapshot = getattr(automodel, "_base_kwargs_map", {}).get("kwargs")
+    if isinstance(snapshot, dict):
+        snapshot["ncpu"] = threads
+
+
+def load_version(config: ModelConfig, models_root: Path, load_threads: int | None = None) -> LoadedModel:
     """Verify, load and warm `config`'s version. Raises LoadError naming the failed stage.
 
-    The warm-up and golden set run with the version's own `ncpu` torch threads: FunASR 1.4.16
-    sets the calling thread's count to the model's `ncpu` at every generate(), whatever the
-    caller set before. Run this on a thread that exits afterwards (inference_server.threads)."""
+    `load_threads` (default: the version's `ncpu`) is the torch thread count of the load itself:
+    construction, warm-up and golden set. A server loading beside the serving version passes 1,
+    so the load neither takes the serving worker's CPU nor starts a second OpenMP team (two
+    teams outnumbering the CPUs make both sleep at every barrier). The returned model serves
+    with `ncpu` threads. Run this on a thread that exits afterwards (inference_server.threads)."""
     started = time.perf_counter()
     try:
         model_dir = config.model_dir(models_root)
@@ -161,9 +178,11 @@ def load_version(config: ModelConfig, models_root: Path) -> LoadedModel:
     except IntegrityError as exc:
         raise LoadError("integrity", str(exc)) from None
 
+    serving_threads = int(config.server_option("ncpu"))
+    threads = serving_threads if load_threads is None else load_threads
     try:
-        asr = build_automodel(model_dir, config, **config.automodel_options())
-        vad = build_automodel(vad_dir, config) if vad_dir is not None else None
+        asr = build_automodel(model_dir, config, threads, **config.automodel_options())
+        vad = build_automodel(vad_dir, config, threads) if vad_dir is not None else None
     except LoadError:
         raise
     except Exception as exc:
@@ -185,6 +204,9 @@ def load_version(config: ModelConfig, models_root: Path) -> LoadedModel:
         loaded.close()
         raise LoadError("golden", f"golden set of {config.version} could not be evaluated: "
                                   f"{type(exc).__name__}: {exc}") from None
+    for automodel in (asr, vad):
+        if automodel is not None:
+            set_threads(automodel, serving_threads)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
 

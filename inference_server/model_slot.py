@@ -52,8 +52,8 @@ class ModelSlot:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         # Loads and releases run beside the serving worker, each on a thread of its own that
-        # exits afterwards (see inference_server.threads for why not a long-lived pool). Not
-        # reniced: a low-priority thread holding the GIL stalls the worker and the event loop,
+        # exits afterwards (see inference_server.threads for why not a long-lived pool); a load
+        # runs torch with one thread, leaving the other cores to the requests. Not reniced: a low-priority thread holding the GIL stalls the worker and the event loop,
         # which measured worse than sharing the CPU evenly.
 
     @property
@@ -88,7 +88,7 @@ class ModelSlot:
             self._set_state(config, "LOADING")
             log.info("loading version %s from %s", config.version, config.path)
             try:
-                loaded = await run_on_own_thread("asr-loader", load_version, config, self.models_root)
+                loaded = await run_on_own_thread("asr-loader", load_version, config, self.models_root, 1)
             except LoadError as exc:
                 if current is not None and current.version == config.version:
                     self._set_state(config, "READY")  # the same version name keeps serving

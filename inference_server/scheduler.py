@@ -36,6 +36,7 @@ class InferenceScheduler:
         # wait; counting this way needs no event-loop wake-up when a job starts (a wake-up
         # there would contend for the GIL with the job that just started).
         self.pending = 0
+        metrics.queue_depth.labels(**metrics.pod).set_function(lambda: self.waiting)  # read when scraped
 
     @property
     def running(self) -> int:
@@ -44,9 +45,6 @@ class InferenceScheduler:
     @property
     def waiting(self) -> int:
         return max(self.pending - 1, 0)
-
-    def _set_depth(self) -> None:
-        self.metrics.queue_depth.labels(**self.metrics.pod).set(self.waiting)
 
     def admit(self) -> None:
         """Raise 503 + Retry-After when the queue is full; handlers call it before reading uploads."""
@@ -72,13 +70,11 @@ class InferenceScheduler:
             raise APIError(503, "the server is shutting down; retry", type="server_shutting_down",
                            headers={"Retry-After": "1"}) from None
         self.pending += 1
-        self._set_depth()
         afut = asyncio.wrap_future(cfut)
 
         def finished(_: object) -> None:  # on the event loop; also after a cancel
             model.release()
             self.pending -= 1
-            self._set_depth()
 
         afut.add_done_callback(finished)
         limit = self.timeout_s if timeout_s is None else timeout_s

@@ -45,7 +45,16 @@ async def main(models_root, tmp):
     slot = ModelSlot(cm.path, models_root, metrics)
     scheduler = InferenceScheduler(metrics, max_queue=4, timeout_s=120)
     counts = {"ncpu": int(SERVER_OPTIONS["ncpu"]), "before": os_threads()}
+    most = 0
+    async def watch():  # the most threads alive at once while the load runs
+        nonlocal most
+        while True:
+            most = max(most, os_threads())
+            await asyncio.sleep(0.005)
+    watcher = asyncio.create_task(watch())
     assert (await slot.reload()).result == "success"
+    watcher.cancel()
+    counts["during_load"] = most
     counts["after_load"] = await settled(counts["before"])
     model = slot.current
     clip = warmup_clip(10.0)
@@ -70,7 +79,9 @@ def test_loads_and_swaps_leave_one_openmp_team_in_the_process(models_root: Path,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     counts = json.loads(out.stdout.strip().splitlines()[-1])
-    # the load (construction, warm-up with ncpu threads, golden set) left no thread behind
+    # the load (construction, warm-up, golden set) ran on one thread of its own, with no
+    # OpenMP helpers, and left no thread behind
+    assert counts["during_load"] == counts["before"] + 1, counts
     assert counts["after_load"] == counts["before"], counts
     # serving adds the worker and its team's ncpu-1 helpers: the check does see OpenMP threads
     assert counts["serving"] == counts["before"] + 1 + counts["ncpu"] - 1, counts
