@@ -73,14 +73,6 @@ class LoadedModel:
     def release(self) -> None:
         self.leases = max(self.leases - 1, 0)
 
-    def ensure_threads(self) -> None:
-        """torch's intra-op thread count is per calling thread (OpenMP): set it where generate runs."""
-        import torch
-
-        ncpu = int(self.config.server_option("ncpu"))
-        if torch.get_num_threads() != ncpu:
-            torch.set_num_threads(ncpu)
-
     def close(self) -> None:
         """Drop the models and free their memory (GPU cache too, where CUDA exists)."""
         self.asr = None

@@ -53,8 +53,9 @@ class ModelSlot:
         self._retiring: set[asyncio.Task[None]] = set()
         # Loads and releases run beside the serving worker, each on a thread of its own that
         # exits afterwards (see inference_server.threads for why not a long-lived pool); a load
-        # runs torch with one thread, leaving the other cores to the requests. Not reniced: a low-priority thread holding the GIL stalls the worker and the event loop,
-        # which measured worse than sharing the CPU evenly.
+        # runs torch with one thread, leaving the other cores to the requests. Not reniced: a
+        # low-priority thread holding the GIL stalls the worker and the event loop, which
+        # measured worse than sharing the CPU evenly.
 
     @property
     def ready(self) -> bool:

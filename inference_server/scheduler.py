@@ -57,14 +57,11 @@ class InferenceScheduler:
         A second lease is taken for the job itself and dropped only when the thread finishes,
         even if the request gave up waiting (timeout), so the model outlives its last job."""
         self.admit()
-
-        def job() -> T:
-            model.ensure_threads()
-            return fn()
-
+        # No torch thread count to set here: FunASR sets it from the model's ncpu at the start
+        # of every generate() (model_loader.set_threads).
         model.acquire()
         try:
-            cfut = self.worker.submit(job)
+            cfut = self.worker.submit(fn)
         except RuntimeError:  # worker shut down: the server is exiting
             model.release()
             raise APIError(503, "the server is shutting down; retry", type="server_shutting_down",

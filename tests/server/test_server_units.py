@@ -158,7 +158,6 @@ async def test_scheduler_queue_full_answers_503_with_retry_after_and_timeouts_ke
     metrics = ServerMetrics({"namespace": "n", "rollout": "r", "track": "stable", "pod": "p"})
     scheduler = InferenceScheduler(metrics, max_queue=1, timeout_s=60)
     model = _fake_loaded()
-    model.ensure_threads = lambda: None  # type: ignore[method-assign]  # no torch needed here
     gate = threading.Event()
 
     def blocking() -> str:
