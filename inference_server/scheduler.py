@@ -4,6 +4,10 @@ One worker serves every version in FIFO order: during a hot swap, jobs admitted 
 version run before those for the new one instead of beside them (two torch thread teams on
 the same cores would slow both). A job holds a lease on the version it was admitted to, so
 the old version is released only when its last job has finished.
+
+The job itself brings its outcome back to the request's loop with one `call_soon_threadsafe`,
+instead of `asyncio.wrap_future` + `shield` + `wait_for`: that chain took four event-loop passes
+to resume the request (~0.2 ms of a small model's ~35 ms request).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from inference_server.errors import APIError, overloaded
 from inference_server.metrics import ServerMetrics
@@ -59,26 +63,50 @@ class InferenceScheduler:
         self.admit()
         # No torch thread count to set here: FunASR sets it from the model's ncpu at the start
         # of every generate() (model_loader.set_threads).
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[T] = loop.create_future()
         model.acquire()
-        try:
-            cfut = self.worker.submit(fn)
-        except RuntimeError:  # worker shut down: the server is exiting
-            model.release()
-            raise APIError(503, "the server is shutting down; retry", type="server_shutting_down",
-                           headers={"Retry-After": "1"}) from None
         self.pending += 1
-        afut = asyncio.wrap_future(cfut)
 
-        def finished(_: object) -> None:  # on the event loop; also after a cancel
+        def finished() -> None:  # on the loop, once the job is over (or will never run)
             model.release()
             self.pending -= 1
 
-        afut.add_done_callback(finished)
+        def deliver(value: Any, error: BaseException | None) -> None:  # on the loop
+            finished()
+            if result.done():  # the request timed out or was cancelled: nobody waits
+                return
+            if error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(value)
+
+        def job() -> None:  # on the worker thread
+            value: Any = None
+            error: BaseException | None = None
+            try:
+                value = fn()
+            except BaseException as exc:  # handed to the request, which answers a 5xx
+                error = exc
+            try:
+                loop.call_soon_threadsafe(deliver, value, error)
+            except RuntimeError:  # the loop has closed: the server is gone, nobody waits
+                pass
+
+        try:
+            cfut = self.worker.submit(job)
+        except RuntimeError:  # worker shut down: the server is exiting
+            finished()
+            raise APIError(503, "the server is shutting down; retry", type="server_shutting_down",
+                           headers={"Retry-After": "1"}) from None
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(asyncio.shield(afut), limit)
-        except asyncio.TimeoutError:
-            cfut.cancel()  # only succeeds when it has not started; a running job finishes alone
+            async with asyncio.timeout(limit):
+                return await result
+        except TimeoutError:
+            if cfut.cancel():  # it had not started: no deliver() will come, so finish here
+                finished()
+            # else it is running: it finishes alone and deliver() drops its lease then
             raise APIError(504, f"inference did not finish within {limit:.0f} s", type="timeout",
                            code="request_timeout") from None
 

@@ -76,75 +76,121 @@ async def timed_post(session: aiohttp.ClientSession, url: str, data: bytes) -> t
         return 0, time.perf_counter() - started, None
 
 
+class CurlClient:
+    """libcurl (pycurl) on one keep-alive connection: the request latency a lean client sees.
+
+    The overhead ratio is the server's, so its HTTP side is timed with the client that adds the
+    least of its own: curl, as wrk or hey would be. aiohttp's client spends ~0.9 ms of Python on
+    each request of this size (building it, parsing the answer), which on a ~35 ms generate()
+    is 2-3% of the ratio that no server change can remove; it is measured beside (aiohttp_*)."""
+
+    def __init__(self, url: str) -> None:
+        import pycurl
+
+        self._pycurl = pycurl
+        self.handle = pycurl.Curl()
+        self.handle.setopt(pycurl.URL, url + "/v1/audio/transcriptions")
+        self.handle.setopt(pycurl.TCP_NODELAY, 1)
+
+    def post(self, body: bytes, content_type: str) -> tuple[int, float]:
+        import io
+
+        c, answer = self.handle, io.BytesIO()
+        # "Expect:" off: curl would wait for a 100-continue before sending a body this size.
+        c.setopt(self._pycurl.HTTPHEADER, [f"Content-Type: {content_type}", "Expect:"])
+        c.setopt(self._pycurl.POSTFIELDS, body)
+        c.setopt(self._pycurl.WRITEDATA, answer)
+        started = time.perf_counter()
+        c.perform()
+        return int(c.getinfo(self._pycurl.RESPONSE_CODE)), time.perf_counter() - started
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 async def overhead(start_server: Callable[[int], ServerProcess], servers: int, model_dir: Path, wav: bytes,
-                   samples: np.ndarray, pairs: int, name: str = "server_overhead_ratio",
+                   samples: np.ndarray, rounds: int, name: str = "server_overhead_ratio",
                    target: str = "<= 1.10") -> None:
     """p50 of the 10 s clip's HTTP round trip / p50 of FunASR's generate on it, in this process.
 
-    Measured in time-adjacent pairs (one direct call, one request) so that both sides see the
-    same machine: on a shared VM the speed of a core drifts by 20-30% within seconds, and
-    blocks of calls half a second apart measured that drift more than the server. A 30 ms gap
-    separates every call: after a call torch's OpenMP threads spin for a while, and a call
-    right after the other process's would share the CPU with that spinning. The pairs are
-    spread over `servers` fresh server processes (`start_server(i)` starts one): one process
-    can be a few percent faster or slower than another for reasons of placement and memory
-    layout alone, which one process's number would report as the server's."""
+    Measured in time-adjacent rounds (one direct call, one request through curl, one through
+    aiohttp's client) so that all sides see the same machine: on a shared VM the speed of a
+    core drifts by 20-30% within seconds, and blocks of calls half a second apart measured
+    that drift more than the server. A 30 ms gap separates every call: after a call torch's
+    OpenMP threads spin for a while, and a call right after the other process's would share the
+    CPU with that spinning. The rounds are spread over `servers` fresh server processes
+    (`start_server(i)` starts one): one process's generate() can be 5% faster or slower than
+    another's for reasons of placement and memory layout alone, which one process's number
+    would report as the server's."""
     from funasr import AutoModel
 
     direct = AutoModel(model=str(model_dir), disable_update=True, disable_pbar=True, disable_log=True,
                        device="cpu", ncpu=2)  # the server's default ncpu too
     gc.collect()
     gc.freeze()  # as the server does after its imports: no full-collection pauses on either side
-    direct_s: list[float] = []
-    http_s: list[float] = []
+    times: dict[str, list[float]] = {"direct": [], "curl": [], "aiohttp": []}
     per_server: list[float] = []
     handler: list[float] = []
     pipeline: list[float] = []
     for index in range(servers):
         server = start_server(index)
         try:
-            d_server, h_server = await measure_pairs(direct, server, wav, samples, max(pairs // servers, 1))
+            mine = await measure_rounds(direct, server, wav, samples, max(rounds // servers, 1))
             # The server's own view (all its requests): time in the handler, time in the pipeline.
             m = scrape(server)
             handler.append(m["asr_request_duration_seconds_sum"] / m["asr_request_duration_seconds_count"])
             pipeline.append(m["asr_real_time_factor_sum"] * 10.0 / m["asr_real_time_factor_count"])
         finally:
             server.stop()
-        per_server.append(statistics.median(h_server) / statistics.median(d_server))
-        direct_s += d_server
-        http_s += h_server
+        per_server.append(statistics.median(mine["curl"]) / statistics.median(mine["direct"]))
+        for side, values in mine.items():
+            times[side] += values
     del direct
-    d50, h50 = statistics.median(direct_s), statistics.median(http_s)
+    d50, h50, a50 = (statistics.median(times[side]) for side in ("direct", "curl", "aiohttp"))
     # overhead_ms: what the server adds in absolute terms; on a tiny model the ratio is mostly
     # these fixed milliseconds (HTTP, multipart, decoding), on a real one mostly compute.
     emit(name, h50 / d50, target, http_p50_s=round(h50, 4), direct_p50_s=round(d50, 4),
          overhead_ms=round((h50 - d50) * 1000, 2), per_server_ratios=[round(r, 4) for r in per_server],
-         pairs=len(http_s), clip_s=10.0, server_handler_mean_s=round(statistics.mean(handler), 4),
+         rounds=len(times["curl"]), servers=servers, clip_s=10.0, client="curl (pycurl), keep-alive",
+         aiohttp_client_ratio=round(a50 / d50, 4), aiohttp_client_p50_s=round(a50, 4),
+         server_handler_mean_s=round(statistics.mean(handler), 4),
          server_pipeline_mean_s=round(statistics.mean(pipeline), 4))
 
 
-async def measure_pairs(direct: Any, server: ServerProcess, wav: bytes, samples: np.ndarray, pairs: int,
-                        gap_s: float = 0.03) -> tuple[list[float], list[float]]:
-    """`pairs` direct generate() calls and HTTP requests, `gap_s` apart, the order alternating
-    so that neither side always follows the other's spinning OpenMP threads."""
-    direct_s: list[float] = []
-    http_s: list[float] = []
-    async with aiohttp.ClientSession() as session:
-        for _ in range(5):  # warm both paths
-            direct.generate(input=samples)
-            await timed_post(session, server.url, wav)
-        for i in range(pairs):
-            for side in ("direct", "http") if i % 2 == 0 else ("http", "direct"):
-                await asyncio.sleep(gap_s)
+async def measure_rounds(direct: Any, server: ServerProcess, wav: bytes, samples: np.ndarray, rounds: int,
+                         gap_s: float = 0.03) -> dict[str, list[float]]:
+    """`rounds` of one direct generate() call and one request each through curl and aiohttp,
+    `gap_s` apart, the order rotating so that no side always follows another's spinning
+    OpenMP threads."""
+    times: dict[str, list[float]] = {"direct": [], "curl": [], "aiohttp": []}
+    sides = list(times)
+    body, content_type = await encoded_form(wav)
+    curl = CurlClient(server.url)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def call(side: str) -> float:
                 if side == "direct":
                     t = time.perf_counter()
                     direct.generate(input=samples)
-                    direct_s.append(time.perf_counter() - t)
+                    return time.perf_counter() - t
+                if side == "curl":
+                    status, seconds = curl.post(body, content_type)
                 else:
                     status, seconds, _ = await timed_post(session, server.url, wav)
-                    assert status == 200, status
-                    http_s.append(seconds)
-    return direct_s, http_s
+                assert status == 200, (side, status)
+                return seconds
+
+            for _ in range(3):  # warm every path
+                for side in sides:
+                    await call(side)
+            for i in range(rounds):
+                for side in sides[i % 3:] + sides[:i % 3]:
+                    await asyncio.sleep(gap_s)
+                    times[side].append(await call(side))
+    finally:
+        curl.close()
+    return times
 
 
 def realistic_config() -> dict[str, Any]:
@@ -251,7 +297,7 @@ async def main_async(assets: Path, runs: int) -> int:
             restart_s.append(time.perf_counter() - t)
             return started
 
-        await overhead(fresh_server, 3, models_root / "paraformer-tiny" / "v1", wav, samples, runs)
+        await overhead(fresh_server, 5, models_root / "paraformer-tiny" / "v1", wav, samples, runs)
 
         # The default watch interval (0.5 s): swap times include the wait for the next poll.
         server = ServerProcess(cm.path, models_root, tmp / "server.log")
@@ -315,7 +361,7 @@ def gpu_unload(models_root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Inference server benchmark (JSON lines on stdout)")
     parser.add_argument("--assets", type=Path, default=Path(".assets"))
-    parser.add_argument("--runs", type=int, default=150, help="direct/HTTP pairs for the overhead ratio")
+    parser.add_argument("--runs", type=int, default=150, help="direct/HTTP rounds for the overhead ratio")
     args = parser.parse_args(argv)
     os.environ.setdefault("ASR_LOG_LEVEL", "WARNING")
     import logging

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from inference_server import formats
-from inference_server.audio import AudioLimits, decode_audio
+from inference_server.audio import AudioLimits, decode_audio, read_pcm16_wav, read_with_libsndfile
 from inference_server.config import ConfigError, ModelConfig, parse_model_config, resolve_under
 from inference_server.errors import APIError
 from inference_server.metrics import ServerMetrics
@@ -131,6 +131,66 @@ def test_decoded_samples_equal_libsndfiles_float_read(channels: int, subtype: st
     out = decode_audio(data, AudioLimits())
     assert out.dtype == np.float32 and out.ndim == 1
     assert np.array_equal(out, reference.mean(axis=1, dtype=np.float32))
+
+
+def _outcome(reader, data: bytes) -> tuple[str, object]:
+    try:
+        result = reader(data, AudioLimits(), "file")
+    except APIError as exc:
+        return "error", (exc.status, exc.code)
+    if result is None:
+        return "aside", None
+    samples, rate = result
+    return "ok", (rate, samples.dtype.str, samples.shape, samples.tobytes())
+
+
+def test_pcm16_wav_fast_path_reads_what_libsndfile_reads_or_steps_aside() -> None:
+    """The `wave` fast path must give libsndfile's samples, or the same refusal, for every
+    16-bit PCM WAV it accepts: whole files, files cut anywhere (mid-header, mid-sample) and
+    streaming-style headers; anything else (24-bit, float, 3+ channels) it leaves alone."""
+    rng = np.random.default_rng(7)
+    taken = 0
+    for channels, rate, n in [(1, 16000, 16000), (2, 16000, 4000), (1, 8000, 2000), (2, 44100, 9000)]:
+        data = _wav(rng.uniform(-1, 1, (n, channels)).astype(np.float32), rate)
+        cuts = [len(data), 44, 45, 46, 47, 1000, 1001, len(data) - 1, len(data) // 2 + 1, *rng.integers(1, len(data), 8)]
+        for cut in cuts:
+            piece = data[: int(cut)]
+            fast = _outcome(read_pcm16_wav, piece)
+            if fast[0] == "aside":
+                continue
+            taken += 1
+            assert fast == _outcome(read_with_libsndfile, piece), (channels, rate, cut, fast[0])
+    assert taken >= 40  # the fast path did take the common files
+    huge_size = bytearray(_wav(rng.uniform(-1, 1, 4000).astype(np.float32), 16000))
+    huge_size[40:44] = b"\xff\xff\xff\xff"  # data chunk size unknown, as streaming writers leave it
+    assert _outcome(read_pcm16_wav, bytes(huge_size)) == _outcome(read_with_libsndfile, bytes(huge_size))
+    for other in (_wav(np.zeros((1600, 1)), 16000, "PCM_24"), _wav(np.zeros((1600, 1)), 16000, "FLOAT"),
+                  _wav(np.zeros((1600, 3)), 16000)):
+        assert _outcome(read_pcm16_wav, other)[0] == "aside"
+
+
+def test_decode_audio_answers_mangled_wav_headers_with_audio_or_a_4xx() -> None:
+    """Flipped header bytes and cuts anywhere: the fast path's parser raises several exception
+    types on such input (a RuntimeError among them); each must end as samples or an APIError."""
+    rng = np.random.default_rng(3)
+    good = _wav(rng.uniform(-1, 1, 8000).astype(np.float32), 16000)
+    decoded = refused = 0
+    for i in range(3000):
+        data = bytearray(good)
+        if i % 2:
+            for pos in rng.integers(0, 44, size=4):
+                data[pos] = int(rng.integers(0, 256))
+        else:
+            data = data[: int(rng.integers(1, 200))]
+        try:
+            out = decode_audio(bytes(data), AudioLimits(max_bytes=1 << 20, max_seconds=30))
+        except APIError as exc:
+            assert 400 <= exc.status < 500 and exc.message
+            refused += 1
+        else:
+            assert out.dtype == np.float32 and out.ndim == 1
+            decoded += 1
+    assert refused and decoded  # both outcomes occur: the mutations do reach the parsers
 
 
 def test_vad_events_pair_starts_and_ends_across_chunks() -> None:
