@@ -104,7 +104,7 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
                                           time.perf_counter() - started)
 
 
-def _require_file(upload: Upload) -> tuple[str, bytes]:
+def _require_file(upload: Upload) -> tuple[str, bytearray]:
     if not upload.files:
         raise bad_request("missing required parameter: 'file' (the audio, as a multipart file field)", "file")
     return upload.files[0]
