@@ -20,6 +20,7 @@ class ServerSettings:
     request_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0       # SIGTERM: how long running requests may still take
     watch_interval_s: float = 0.5
+    load_nice: int = 10                 # CPU priority of version loads below serving (0: equal)
     admin_token: str | None = None      # POST /admin/reload is off unless a token is set
     limits: AudioLimits = field(default_factory=AudioLimits)
     log_level: str = "INFO"
@@ -38,16 +39,21 @@ def parse_args(argv: list[str] | None = None) -> ServerSettings:
     p.add_argument("--request-timeout", type=float, default=float(env.get("ASR_REQUEST_TIMEOUT_S", "60")))
     p.add_argument("--drain-timeout", type=float, default=float(env.get("ASR_DRAIN_TIMEOUT_S", "30")))
     p.add_argument("--watch-interval", type=float, default=float(env.get("ASR_WATCH_INTERVAL_S", "0.5")))
+    p.add_argument("--load-nice", type=int, default=int(env.get("ASR_LOAD_NICE", "10")),
+                   help="how far below the serving threads a version load runs (nice 0-19; default 10, "
+                        "0: same priority, the fastest swaps under saturating traffic)")
     p.add_argument("--max-upload-bytes", type=int, default=int(env.get("ASR_MAX_UPLOAD_BYTES", str(25 * 1024 * 1024))))
     p.add_argument("--max-audio-seconds", type=float, default=float(env.get("ASR_MAX_AUDIO_SECONDS", "600")))
     p.add_argument("--log-level", default=env.get("ASR_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     if a.max_queue < 1:
         p.error("--max-queue must be at least 1")
+    if not 0 <= a.load_nice <= 19:
+        p.error(f"--load-nice must be between 0 and 19 (got {a.load_nice}); 0 runs loads at serving priority")
     return ServerSettings(
         model_config=a.model_config, models_root=a.models_root, host=a.host, port=a.port,
         max_queue=a.max_queue, request_timeout_s=a.request_timeout, drain_timeout_s=a.drain_timeout,
-        watch_interval_s=a.watch_interval, admin_token=env.get("ASR_ADMIN_TOKEN") or None,
+        watch_interval_s=a.watch_interval, load_nice=a.load_nice, admin_token=env.get("ASR_ADMIN_TOKEN") or None,
         limits=AudioLimits(max_bytes=a.max_upload_bytes, max_seconds=a.max_audio_seconds),
         log_level=a.log_level,
     )

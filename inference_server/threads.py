@@ -13,6 +13,9 @@ long-lived thread that runs torch.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -20,10 +23,23 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-async def run_on_own_thread(name: str, fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn(*args)` on a new thread named `name` and await its result; the thread exits after."""
+def _reniced(nice: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` with this thread's nice value raised by `nice`. On Linux a nice value belongs to
+    one thread, and this one exits afterwards, so nothing else is lowered."""
+    if nice > 0 and sys.platform == "linux":
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+        except OSError:  # a sandbox that forbids it: the work runs at normal priority
+            pass
+    return fn(*args)
+
+
+async def run_on_own_thread(name: str, fn: Callable[..., T], *args: Any, nice: int = 0) -> T:
+    """Run `fn(*args)` on a new thread named `name` and await its result; the thread exits after.
+    `nice` > 0 lowers that thread's CPU priority (Linux), so the serving worker keeps its cores."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
     try:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(executor, _reniced, nice, fn, *args)
     finally:
         executor.shutdown(wait=False)  # the thread ends once fn returns, even if we were cancelled

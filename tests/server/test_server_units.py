@@ -4,8 +4,10 @@ audio decoding, streaming VAD bookkeeping and the scheduler's queue/timeout sema
 from __future__ import annotations
 
 import asyncio
-import threading
 import io
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from inference_server.metrics import ServerMetrics
 from inference_server.model_loader import LoadedModel, warmup_clip
 from inference_server.scheduler import InferenceScheduler, should_admit
 from inference_server.segments import join_texts, split_long, whole_clip
+from inference_server.settings import parse_args
 from inference_server.streaming import VadEvents
+from inference_server.threads import run_on_own_thread
 
 GOOD = "name: m\nversion: v1\npath: m/v1\n"
 
@@ -191,6 +195,24 @@ def test_decode_audio_answers_mangled_wav_headers_with_audio_or_a_4xx() -> None:
             assert out.dtype == np.float32 and out.ndim == 1
             decoded += 1
     assert refused and decoded  # both outcomes occur: the mutations do reach the parsers
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_loads_run_reniced_on_their_own_thread_and_leave_the_caller_alone() -> None:
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = priority()
+    assert await run_on_own_thread("t", priority, nice=10) == min(mine + 10, 19)
+    assert await run_on_own_thread("t", priority) == mine
+    assert priority() == mine
+
+
+def test_load_nice_setting_is_range_checked() -> None:
+    assert parse_args(["--model-config", "m.yaml"]).load_nice == 10
+    assert parse_args(["--model-config", "m.yaml", "--load-nice", "0"]).load_nice == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--model-config", "m.yaml", "--load-nice", "25"])
 
 
 def test_vad_events_pair_starts_and_ends_across_chunks() -> None:
