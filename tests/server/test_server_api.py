@@ -17,6 +17,7 @@ import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
 from asr_sandbox import ConfigMapDir, ServerProcess
+from tests.support.audio_fuzz import mangled_wavs
 
 # FSMN-VAD pads 200 ms of look-back before speech and up to ~300 ms after it (look-ahead plus the
 # end-silence frames), and espeak-ng's own onsets are soft: segments land within 400 ms of truth.
@@ -253,14 +254,8 @@ async def test_fuzz_malformed_uploads_get_4xx_in_openai_shape_then_good_requests
         ("NaN samples", form(_wav(np.full(16000, np.nan, np.float32), 16000, "FLOAT"), model="m"), {}),
     ]
     # plus random mutations of a real WAV: flipped bytes in the header and cut at random points
-    for i in range(12):
-        data = bytearray(good)
-        if i % 2:
-            for pos in rng.integers(0, 44, size=4):
-                data[pos] = int(rng.integers(0, 256))
-        else:
-            data = data[: int(rng.integers(1, 60))]
-        cases.append((f"mutated wav {i}", form(bytes(data), model="m"), {}))
+    for i, data in enumerate(mangled_wavs(good, rng, 12)):
+        cases.append((f"mutated wav {i}", form(data, model="m"), {}))
 
     for name, data, kw in cases:
         status, body, _ = await post(server, "/v1/audio/transcriptions", data, **kw)

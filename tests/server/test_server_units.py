@@ -26,6 +26,7 @@ from inference_server.segments import join_texts, split_long, whole_clip
 from inference_server.settings import parse_args
 from inference_server.streaming import VadEvents
 from inference_server.threads import run_on_own_thread
+from tests.support.audio_fuzz import mangled_wavs
 
 GOOD = "name: m\nversion: v1\npath: m/v1\n"
 
@@ -179,15 +180,9 @@ def test_decode_audio_answers_mangled_wav_headers_with_audio_or_a_4xx() -> None:
     rng = np.random.default_rng(3)
     good = _wav(rng.uniform(-1, 1, 8000).astype(np.float32), 16000)
     decoded = refused = 0
-    for i in range(3000):
-        data = bytearray(good)
-        if i % 2:
-            for pos in rng.integers(0, 44, size=4):
-                data[pos] = int(rng.integers(0, 256))
-        else:
-            data = data[: int(rng.integers(1, 200))]
+    for data in mangled_wavs(good, rng, 3000, max_cut=200):
         try:
-            out = decode_audio(bytes(data), AudioLimits(max_bytes=1 << 20, max_seconds=30))
+            out = decode_audio(data, AudioLimits(max_bytes=1 << 20, max_seconds=30))
         except APIError as exc:
             assert 400 <= exc.status < 500 and exc.message
             refused += 1
