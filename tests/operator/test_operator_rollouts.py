@@ -1,5 +1,6 @@
 """Integration: the real operator (`python -m asr_operator`, a subprocess) against the API
-emulator over HTTP, judging canaries by a real Prometheus that scrapes fake pods.
+emulator and against a real v1.28 API server (tier `real_api`), judging canaries by a real
+Prometheus that scrapes fake pods.
 
 The pods are a mock (tests/support/fake_pods.py): real GPU pods and a kubelet cannot run here.
 They report the metric names of docs/contracts.md with values each test chooses per model
@@ -14,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from asr_sandbox.kube_emulator import EmulatorServer
 from asr_sandbox.prometheus_runner import PrometheusRunner
-from tests.support.fake_pods import FakePods, VersionBehaviour
-from tests.support.kube import KubeClient, wait_for
+from tests.support.backends import ApiBackend
+from tests.support.fake_pods import VersionBehaviour
+from tests.support.kube import ApiError, wait_for
 from tests.support.operator_process import OperatorProcess, operator_process
 from tests.support.rollouts import (
     RO, condition, config_of, http_route, model, replicas_of, rollout_manifest, start_new_version, status,
@@ -35,10 +36,10 @@ SILENT = VersionBehaviour(requests_per_second=0)
 class Scenario:
     """One namespace, one operator process, helpers to read what the operator did."""
 
-    def __init__(self, api: EmulatorServer, kube: KubeClient, pods: FakePods, prometheus: PrometheusRunner,
-                 kubeconfig: Path, workdir: Path, namespace: str) -> None:
-        self.api, self.kube, self.pods, self.prometheus = api, kube, pods, prometheus
-        self.kubeconfig, self.workdir, self.ns = kubeconfig, workdir, namespace
+    def __init__(self, backend: ApiBackend, prometheus: PrometheusRunner, workdir: Path, namespace: str) -> None:
+        self.backend, self.kube, self.pods, self.prometheus = backend, backend.kube, backend.pods, prometheus
+        self.kubeconfig, self.workdir, self.ns = backend.kubeconfig, workdir, namespace
+        backend.prepare_namespace(namespace)
         self.operator: OperatorProcess | None = None
         self.starts = 0
 
@@ -71,8 +72,10 @@ class Scenario:
                             for v in self.history_of(("asr.rollout.dev", "v1alpha1", "asrmodelrollouts"), name)]
             except Exception as e:
                 changes.append(repr(e))
-        writes = [f"{r.method} {r.path} -> {r.status}" for r in self.api.emulator.request_log
-                  if r.namespace == self.ns and r.method != "GET" and r.resource != "events"]
+        writes = []
+        if self.backend.emulator is not None:
+            writes = [f"{r.method} {r.path} -> {r.status}" for r in self.backend.emulator.emulator.request_log
+                      if r.namespace == self.ns and r.method != "GET" and r.resource != "events"]
         return (f"rollouts: {rollouts}\n--- API writes ---\n" + "\n".join(writes[-30:])
                 + "\n--- rollout versions ---\n"
                 + "\n".join(map(str, changes[-40:]))
@@ -119,25 +122,23 @@ class Scenario:
                 if (e.get("involvedObject") or {}).get("name") == name]
 
     def history_of(self, plural_key: tuple[str, str, str], name: str) -> list[dict[str, Any]]:
-        """Every version of an object the emulator stored (kmock keeps the history)."""
-        from kmock._internal import references
-        res = references.resource(*plural_key)
-        def read() -> list[dict[str, Any]]:
-            obj = self.api.emulator.objects[res, self.ns, name]
-            return [dict(v.raw) for v in obj.history if v is not None]
-        return self.api.call(read)
+        """Every stored version of an object (the emulator's history; a watch on a real API)."""
+        group, version, plural = plural_key
+        return self.backend.history_of(f"{group}/{version}" if group else version, plural, self.ns, name)
 
     def stop(self) -> None:
         if self.operator is not None:
             self.operator.stop()
         self.pods.forget(self.ns)
+        self.backend.stop_watchers(self.ns)
 
 
 @pytest.fixture
-def scenario(request: pytest.FixtureRequest, api: EmulatorServer, kube: KubeClient, pods: FakePods,
-             prometheus: PrometheusRunner, kubeconfig: Path, tmp_path: Path) -> Iterator[Scenario]:
-    namespace = "it-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
-    s = Scenario(api, kube, pods, prometheus, kubeconfig, tmp_path, namespace)
+def scenario(request: pytest.FixtureRequest, backend: ApiBackend, backend_prometheus: PrometheusRunner,
+             tmp_path: Path) -> Iterator[Scenario]:
+    test_name = request.node.name.split("[")[0]
+    namespace = "it-" + test_name.removeprefix("test_").replace("_", "-")[:40].strip("-")
+    s = Scenario(backend, backend_prometheus, tmp_path, namespace)
     try:
         yield s
     finally:
@@ -181,6 +182,9 @@ def test_happy_path_promotes_by_hot_reload_without_restarting_stable(scenario: S
     templates = {repr(v["spec"]["template"]) for v in
                  s.history_of(("apps", "v1", "deployments"), f"{name}-stable")}
     assert templates == {repr(stable_template)}
+    if s.backend.real:  # the Deployment controller made one ReplicaSet: no pod was replaced
+        replica_sets = s.kube.list("apps/v1", "replicasets", ns, label_selector=f"asr.rollout.dev/rollout={name},asr.rollout.dev/track=stable")
+        assert len(replica_sets) == 1, [r["metadata"]["name"] for r in replica_sets]
     assert any(e["reason"] for e in s.events(name))
     assert_children_follow_the_contract(s, name)
     # The operator's own metrics say the same (docs/contracts.md, "Operator metrics").
@@ -316,12 +320,21 @@ def test_invalid_spec_gets_a_condition_creates_nothing_and_others_proceed(scenar
     s.pods.watch(ns, "fine", default=GOOD)
     s.start_operator()
     bad = rollout_manifest(ns, "bad-weight", "v1", s.prometheus.url, steps=[{"setWeight": 150}])
-    s.kube.create(bad)  # the emulator validates nothing, like a cluster with an old CRD
     unknown = rollout_manifest(ns, "bad-metric", "v1", s.prometheus.url)
     unknown["spec"]["analysis"]["metrics"] = [{"name": "accuracy", "max": 1}]
-    s.kube.create(unknown)
+    fields = (("bad-weight", "spec.strategy.steps[0].setWeight"), ("bad-metric", "spec.analysis.metrics[0].name"))
+    if s.backend.real:
+        # A real API server refuses both by the CRD's schema, naming the field.
+        for manifest, (_, field) in zip((bad, unknown), fields):
+            with pytest.raises(ApiError) as refused:
+                s.kube.create(manifest)
+            assert refused.value.status == 422 and field in str(refused.value), refused.value
+        fields = ()
+    else:
+        s.kube.create(bad)  # the emulator validates nothing, like a cluster with an old CRD
+        s.kube.create(unknown)
     s.create("fine", "v1")
-    for name, field in (("bad-weight", "spec.strategy.steps[0].setWeight"), ("bad-metric", "spec.analysis.metrics[0].name")):
+    for name, field in fields:
         def invalid(name: str = name) -> dict[str, Any] | None:
             c = condition(status(s.kube, ns, name), "InvalidSpec")
             return c if c and c.get("status") == "True" else None
@@ -329,6 +342,8 @@ def test_invalid_spec_gets_a_condition_creates_nothing_and_others_proceed(scenar
         assert field.split("[")[0] in cond["message"], cond
     s.settled_on("fine", "v1")
     for name in ("bad-weight", "bad-metric"):
+        if s.backend.real:
+            assert s.kube.get_or_none(*RO, ns, name) is None
         for api_version, plural, suffix in (("v1", "configmaps", "-stable-model"), ("apps/v1", "deployments", "-stable"),
                                             ("v1", "services", "-stable"), ("apps/v1", "deployments", "-canary")):
             assert s.kube.get_or_none(api_version, plural, ns, name + suffix) is None, (name, plural)

@@ -2,9 +2,12 @@
 kubelet on real nodes). This is a mock, and the tests that use it say so.
 
 One aiohttp server on 127.0.0.1 plays, for every rollout it is told to watch:
-- the kubelet and the node: it reads the rollout's Deployments from the API emulator and sets
-  their `status` (`readyReplicas` etc.) through `/status`, or withholds readiness for a version
-  whose pods never become ready (the progress-deadline case);
+- the kubelet and the node: it reads the rollout's Deployments from the API and reports their
+  pods ready, or withholds readiness for a version whose pods never become ready (the
+  progress-deadline case). Against the emulator (no Deployment controller, no pods) it sets the
+  Deployments' `status` (`readyReplicas` etc.) through `/status`; against a real API server
+  (`kubelet=True`) it does what a kubelet does: writes each pod's `status` (Running, Ready), and
+  the real ReplicaSet and Deployment controllers count them;
 - the inference server's `/metrics` (metric names and labels from docs/contracts.md) for each
   pod `R-<track>-<i>` of those Deployments: request counts, error ratio, latency and
   real-time-factor histograms with values the test chooses per model version, and
@@ -61,8 +64,10 @@ class WatchedRollout:
 class FakePods:
     TICK_SECONDS = 0.25
 
-    def __init__(self, api_url: str) -> None:
+    def __init__(self, api_url: str, token: str | None = None, kubelet: bool = False) -> None:
         self.api_url = api_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.kubelet = kubelet
         self.registry = CollectorRegistry()
         r, p = self.registry, POD_LABELS
         self.requests = Counter("asr_requests", "Requests", p + ["endpoint", "code", "model", "version"], registry=r)
@@ -138,7 +143,8 @@ class FakePods:
         site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=self.headers,
+                                              connector=aiohttp.TCPConnector(ssl=False))
         self._ticker = asyncio.ensure_future(self._tick_forever())
 
     def stop(self) -> None:
@@ -197,7 +203,9 @@ class FakePods:
             version = str(config.get("version") or "")
             behaviour = rollout.behaviour(version)
             replicas = int(((deployment or {}).get("spec") or {}).get("replicas") or 0) if deployment else 0
-            if deployment is not None:
+            if deployment is not None and self.kubelet:
+                await self._report_pods(ns, name, track, behaviour.ready and bool(version))
+            elif deployment is not None:
                 await self._report_readiness(deployment, replicas, behaviour.ready and bool(version))
             with self._lock:
                 if version:
@@ -226,6 +234,16 @@ class FakePods:
         async with self._session.patch(self.api_url + path, json={"status": desired},
                                        headers={"Content-Type": "application/merge-patch+json"}) as response:
             response.raise_for_status()
+
+    async def _report_pods(self, namespace: str, rollout: str, track: str, ready: bool) -> None:
+        """The kubelet's part on a real API: every pod of the track Running, Ready or not."""
+        assert self._session is not None
+        selector = f"asr.rollout.dev/rollout={rollout},asr.rollout.dev/track={track}"
+        pods = await self._get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}") or {}
+        for pod in pods.get("items") or []:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            await report_pod_status(self._session, self.api_url, pod, ready)
 
     def _set_pods(self, rollout: WatchedRollout, track: str, count: int) -> None:
         """Pods `R-track-0..count-1` exist and report the track's version; others are gone."""
@@ -280,3 +298,23 @@ class FakePods:
     def _record(self, pod: str, metric: Any, labels: tuple[str, ...]) -> Any:
         self._series.setdefault(pod, set()).add((metric, labels))
         return metric.labels(*labels)
+
+
+async def report_pod_status(session: aiohttp.ClientSession, api_url: str, pod: dict[str, Any], ready: bool) -> None:
+    """Write what a kubelet would for a started pod: phase Running and the Ready condition
+    (skipped when the pod already says so)."""
+    status = pod.get("status") or {}
+    wanted = "True" if ready else "False"
+    current = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if status.get("phase") == "Running" and current.get("Ready") == wanted:
+        return
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [{"type": kind, "status": "True" if kind in ("PodScheduled", "Initialized") else wanted,
+                   "lastTransitionTime": now} for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
+    body = {"status": {"phase": "Running", "conditions": conditions, "podIP": "10.244.0.1", "startTime": now}}
+    meta = pod["metadata"]
+    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+    async with session.patch(api_url + path, json=body,
+                             headers={"Content-Type": "application/strategic-merge-patch+json"}) as response:
+        if response.status != 404:  # a pod deleted meanwhile is no error
+            response.raise_for_status()

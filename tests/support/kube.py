@@ -1,18 +1,28 @@
 """A small synchronous Kubernetes REST client for tests: create/get/list/patch/delete over real
-HTTP against the emulator (or any API server reachable without TLS), plus polling helpers."""
+HTTP against the emulator or a real API server (bearer token, its self-signed certificate not
+verified), plus polling helpers."""
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, TypeVar
 
 import requests
+import urllib3
+
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # tests' own clusters only
 
 T = TypeVar("T")
 
 # kind -> (apiVersion, plural) for the objects tests create by manifest.
 KINDS: dict[str, tuple[str, str]] = {
     "ASRModelRollout": ("asr.rollout.dev/v1alpha1", "asrmodelrollouts"),
+    "Namespace": ("v1", "namespaces"),
     "ConfigMap": ("v1", "configmaps"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "ClusterRole": ("rbac.authorization.k8s.io/v1", "clusterroles"),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", "clusterrolebindings"),
     "Secret": ("v1", "secrets"),
     "Service": ("v1", "services"),
     "Pod": ("v1", "pods"),
@@ -45,13 +55,26 @@ def _url(base: str, api_version: str, plural: str, namespace: str | None, name: 
 
 
 class KubeClient:
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.timeout = timeout
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        # A test cluster's self-signed certificate. Per request: requests lets REQUESTS_CA_BUNDLE
+        # in the environment override a session's `verify`.
+        self.verify = False
+
+    def ensure_namespace(self, namespace: str) -> None:
+        """A real API server needs the Namespace object (the emulator does not care)."""
+        try:
+            self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        except ApiError as error:
+            if error.status != 409:
+                raise
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        response = self.session.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
         try:
             body = response.json()
         except ValueError:
@@ -63,6 +86,8 @@ class KubeClient:
     def create(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         api_version, plural = KINDS[obj["kind"]]
         ns = namespace or obj.get("metadata", {}).get("namespace")
+        if obj["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            ns = None
         return self._call("POST", _url(self.base_url, api_version, plural, ns, None), json=obj)
 
     def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
