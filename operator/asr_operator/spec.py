@@ -121,6 +121,10 @@ class AnalysisSpec:
     min_requests: int
     window_seconds: float
     metrics: tuple[MetricSpec, ...]
+    # What reaching inconclusiveLimit / errorLimit does: "pause" (the canary holds weight 0
+    # until a person resumes it) or "rollback".
+    on_inconclusive: str = "pause"
+    on_error: str = "pause"
 
 
 @dataclass(frozen=True)
@@ -403,7 +407,22 @@ def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
         min_requests=check.integer(analysis.get("minRequests"), "spec.analysis.minRequests", 20, 0),
         window_seconds=check.duration(analysis.get("window"), "spec.analysis.window", "1m", 1.0),
         metrics=tuple(metrics),
+        on_inconclusive=_limit_action(check, analysis.get("onInconclusive"), "spec.analysis.onInconclusive"),
+        on_error=_limit_action(check, analysis.get("onError"), "spec.analysis.onError"),
     )
+
+
+LIMIT_ACTIONS = ("pause", "rollback")
+
+
+def _limit_action(check: _Checker, value: Any, path: str) -> str:
+    if value is None:
+        return "pause"
+    if value not in LIMIT_ACTIONS:
+        check.fail(path, f"{value!r} is not one of {', '.join(LIMIT_ACTIONS)}; pause holds the canary at "
+                         "weight 0 until promoted or retried, rollback rolls it back")
+        return "pause"
+    return str(value)
 
 
 def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:

@@ -52,7 +52,8 @@ def rollout_spec(version: str = "v1", steps: list[dict[str, Any]] | None = None,
     }
     if analysis:
         spec["analysis"] = {"prometheus": {"address": "http://prometheus:9090"}, "interval": "30s",
-                            "failureLimit": 2, "inconclusiveLimit": 3, "errorLimit": 3, "minRequests": 20,
+                            "window": "30s", "failureLimit": 2, "inconclusiveLimit": 3, "errorLimit": 3,
+                            "minRequests": 20,
                             "metrics": [{"name": "error-rate", "max": 0.01},
                                         {"name": "p99-latency-seconds", "max": 2.0}],
                             **analysis_overrides}
@@ -348,24 +349,77 @@ def test_canary_never_ready_rolls_back_at_the_progress_deadline() -> None:
 
 # --- no data, no promotion ----------------------------------------------------------------
 
-def test_inconclusive_pauses_and_never_promotes() -> None:
+def test_inconclusive_pauses_at_weight_zero_and_never_promotes() -> None:
     world = canary_world()
     world.run(lambda w: w.phase == "Paused", analysis=QUIET)
     assert condition(world, "Paused")["reason"] == "InconclusiveLimit"
     assert world.status["counters"]["inconclusive"] == 3
+    assert world.weight == 0 and world.status["canaryWeight"] == 0  # no unjudged canary with traffic
     for _ in range(50):
         world.tick(30, QUIET)
-    assert world.phase == "Paused" and world.status["stableVersion"] == "v1"
+    assert world.phase == "Paused" and world.status["stableVersion"] == "v1" and world.weight == 0
     assert world.configmaps["stable"].version == "v1"
 
 
-def test_prometheus_down_pauses_and_never_promotes() -> None:
+def test_prometheus_down_pauses_at_weight_zero_and_never_promotes() -> None:
     world = canary_world()
     world.run(lambda w: w.phase == "Paused", analysis=DOWN)
     assert condition(world, "Paused")["reason"] == "AnalysisErrors"
+    assert world.weight == 0 and "weight 10% -> 0" in world.status["message"]
     for _ in range(50):
         world.tick(30, DOWN)
-    assert world.phase == "Paused" and world.configmaps["stable"].version == "v1"
+    assert world.phase == "Paused" and world.configmaps["stable"].version == "v1" and world.weight == 0
+
+
+@pytest.mark.parametrize("limit,analysis,reason", [
+    ("onInconclusive", QUIET, "InconclusiveLimit"), ("onError", DOWN, "AnalysisErrors")])
+def test_the_spec_may_choose_rollback_over_a_pause(limit: str, analysis: Analysis, reason: str) -> None:
+    world = canary_world(**{limit: "rollback"})
+    world.run(lambda w: w.phase == "RolledBack", analysis=analysis)
+    assert condition(world, "Progressing")["reason"] == reason
+    assert f"spec.analysis.{limit}: rollback" in condition(world, "Progressing")["message"]
+    assert "Paused" not in [d.status.get("phase") for d in world.decisions]
+    assert world.weight == 0 and world.status.get("failedVersion") == "v2"
+
+
+def test_resume_restores_the_step_weight_and_judges_it_again_from_a_fresh_analysis() -> None:
+    world = canary_world(steps=[{"setWeight": 25}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused", analysis=DOWN)
+    assert world.weight == 0
+    world.annotations["asr.rollout.dev/retry"] = "true"
+    world.tick(0, GOOD)
+    assert world.phase == "Progressing" and world.weight == 25
+    assert "25% restored" in world.status["message"]
+    world.tick(10, GOOD)  # too early for an analysis taken entirely at 25%
+    assert world.weight == 25 and world.status["currentStep"] == 1
+    world.run(lambda w: w.weight == 100, analysis=GOOD)
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_manual_pause_reaching_the_inconclusive_limit_drops_to_weight_zero() -> None:
+    """A `pause: {}` step waits for a person, but its canary is still judged: once it cannot be
+    (old code: paused with 20% forever, unobserved), it holds weight 0 like any analysis pause."""
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused")
+    assert condition(world, "Paused")["reason"] == "ManualPause" and world.weight == 20
+    world.run(lambda w: condition(w, "Paused")["reason"] == "InconclusiveLimit", analysis=QUIET, step=30)
+    assert world.phase == "Paused" and world.weight == 0
+    world.annotations["asr.rollout.dev/promote"] = "true"  # resumes the analysis pause, weight back
+    world.tick(0)
+    assert world.weight == 20 and world.phase == "Progressing"
+    world.run(lambda w: w.phase == "Paused")  # judged again, then back to the person's pause
+    assert condition(world, "Paused")["reason"] == "ManualPause" and world.weight == 20
+    world.annotations["asr.rollout.dev/promote"] = "true"
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_manual_pause_is_entered_only_with_a_judged_canary() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    for _ in range(2):
+        world.tick(30, QUIET)
+    assert world.phase == "Progressing" and world.status["currentStep"] == 1 and world.weight == 20
+    world.run(lambda w: w.phase == "Paused")
+    assert world.status["analysis"]["outcome"] == "Successful"
 
 
 def test_missing_measurements_never_open_the_gate() -> None:
@@ -378,10 +432,35 @@ def test_missing_measurements_never_open_the_gate() -> None:
 
 def test_a_pass_measured_before_the_last_weight_change_does_not_count() -> None:
     world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 100}])
-    world.tick()
-    decision = world.tick(0)
-    assert world.status["canaryWeight"] == 100
+    world.run(lambda w: w.status.get("canaryWeight") == 100)
+    decision = world.tick(0)  # the pass at 10% opened the way to 100%, not to promotion
     assert world.phase == "Progressing", decision.status
+
+
+@pytest.mark.parametrize("traffic", ["gatewayAPI", "replicaRatio"])
+def test_consecutive_set_weights_are_each_held_until_judged_at_that_weight(traffic: str) -> None:
+    """[10, 50, 100] without pauses: each weight is written, and left only after a Successful
+    analysis whose whole window lies at that weight (old code: 0 -> 100 in one tick)."""
+    world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}], traffic=traffic,
+                         window="1m")
+    runs: list[tuple[int, float]] = []  # (weight, seconds since it was set) per analysis
+
+    def judged() -> tuple[Measurement, ...]:
+        set_at = datetime.datetime.fromisoformat(str(world.status["weightSetAt"]).replace("Z", "+00:00"))
+        runs.append((int(world.status["canaryWeight"]), (world.now - set_at).total_seconds()))
+        return GOOD()
+
+    world.run(lambda w: w.phase == "Succeeded", analysis=judged)
+    assert [w for w in dict.fromkeys(world.weights_seen) if w] == [10, 50, 100]
+    assert {weight for weight, _ in runs} == {10, 50, 100}
+    assert all(since >= 60 for _, since in runs), runs  # each window (1m) entirely at its weight
+
+
+def test_a_weight_is_not_left_while_its_analysis_is_inconclusive() -> None:
+    world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    for _ in range(2):  # under inconclusiveLimit (3)
+        world.tick(30, QUIET)
+    assert world.weight == 10 and world.status["currentStep"] == 1
 
 
 def test_first_analysis_at_a_new_weight_waits_one_interval_for_canary_traffic() -> None:
@@ -402,9 +481,9 @@ def test_first_analysis_at_a_new_weight_waits_one_interval_for_canary_traffic() 
     assert len(calls) == 1 and world.status["counters"]["inconclusive"] == 1, decision.status
 
 
-def test_paused_analysis_still_rolls_back_on_failures() -> None:
-    world = canary_world()
-    world.run(lambda w: w.phase == "Paused", analysis=QUIET)
+def test_a_manual_pause_still_rolls_back_on_failures() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused")
     world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..durations import seconds_between
 from ..spec import ModelRef
-from .conditions import condition_of, set_condition
+from .analysis_gate import analysis_paused
+from .conditions import set_condition
 from .phases import CANARY_PHASES, FAILED_PHASE, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, ROLLING_BACK, SUCCEEDED
 from .tick import Tick, model_from_history
 
@@ -143,7 +144,7 @@ def _promote_request(tick: Tick) -> None:
     skips the data gate: promotion itself still needs a successful analysis."""
     steps = tick.spec.strategy.steps
     index = int(tick.s.get("currentStep") or 0)
-    if tick.phase == PAUSED and (condition_of(tick.s, "Paused") or {}).get("reason") != "ManualPause":
+    if analysis_paused(tick.s):
         _resume(tick, "promote requested")
     elif tick.phase in CANARY_PHASES and index < len(steps) and steps[index].pause:
         tick.s["currentStep"] = index + 1
@@ -156,9 +157,17 @@ def _promote_request(tick: Tick) -> None:
 
 
 def _resume(tick: Tick, why: str) -> None:
+    """Out of a pause: the step's weight comes back (an analysis pause held it at 0) and is
+    judged again from a fresh analysis (weightSetAt moves, so older analyses do not count)."""
     counters = dict(tick.s.get("counters") or {})
     counters.update(inconclusive=0, errors=0)
     tick.s["counters"] = counters
-    tick.enter(PROGRESSING, f"resumed: {why}")
+    weight = tick.step_weight()
+    restored = ""
+    if int(tick.s.get("canaryWeight") or 0) != weight:
+        tick.s["canaryWeight"] = weight
+        tick.stamp("weightSetAt")
+        restored = f", canary weight {weight}% restored and judged again"
+    tick.enter(PROGRESSING, f"resumed: {why}{restored}")
     set_condition(tick.s, "Paused", False, "Resumed", why, tick.now)
     tick.event("Resumed", tick.s["message"])

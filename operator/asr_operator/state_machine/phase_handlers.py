@@ -3,10 +3,10 @@ promotion, and finishing a rollback."""
 from __future__ import annotations
 
 from ..durations import seconds_between
-from .analysis_gate import analysis_due, gate_open, record_analysis, schedule_analysis
+from .analysis_gate import analysis_due, analysis_paused, gate_open, record_analysis, schedule_analysis
 from .children_plan import desired_replicas
-from .conditions import condition_of, set_condition
-from .phases import CANARY_PHASES, FAILED_PHASE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED
+from .conditions import set_condition
+from .phases import CANARY_PHASES, FAILED_PHASE, MANUAL_PAUSE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED
 from .tick import POLL_SECONDS, Tick
 
 
@@ -141,9 +141,9 @@ def _canary(tick: Tick) -> None:
     if tick.obs.analysis is not None and analysis_due(spec, tick.s, tick.now):
         if record_analysis(tick, tick.obs.analysis):
             return  # rolled back: act on it now, in this same tick
-    if tick.phase == PAUSED and (condition_of(tick.s, "Paused") or {}).get("reason") != "ManualPause":
+    if analysis_paused(tick.s):
         schedule_analysis(tick)
-        return  # an analysis pause waits for a person (promote or retry)
+        return  # an analysis pause holds weight 0 and waits for a person (promote or retry)
     if ready:
         _run_steps(tick)
     schedule_analysis(tick)
@@ -174,8 +174,11 @@ def _run_steps(tick: Tick) -> None:
                 tick.begin_promotion()
             return
         step = steps[index]
+        weight = int(tick.s.get("canaryWeight") or 0)
         if step.set_weight is not None:
-            if int(tick.s.get("canaryWeight") or 0) != step.set_weight:
+            if weight != step.set_weight:
+                if weight > 0 and not gate_open(tick):
+                    return  # every weight is judged: held until an analysis taken at it passes
                 tick.s["canaryWeight"] = step.set_weight
                 tick.stamp("weightSetAt")
                 tick.event("SetWeight", f"step {index}: canary weight {step.set_weight}%")
@@ -185,8 +188,10 @@ def _run_steps(tick: Tick) -> None:
             continue
         if step.is_manual_pause:
             if tick.phase != PAUSED:
+                if weight > 0 and not gate_open(tick):
+                    return  # a person looks at a judged canary: its weight passes an analysis first
                 tick.enter(PAUSED, f"step {index}: paused until promoted (asr-rollout promote)")
-                set_condition(tick.s, "Paused", True, "ManualPause", tick.s["message"], tick.now)
+                set_condition(tick.s, "Paused", True, MANUAL_PAUSE, tick.s["message"], tick.now)
                 tick.event("Paused", tick.s["message"])
             return
         waited = seconds_between(tick.s.get("stepStartedAt"), tick.now) or 0.0

@@ -76,6 +76,12 @@ class Tick:
         entries.append(history_entry(model, outcome, reason, self.now))
         self.s["history"] = entries[-HISTORY_LIMIT:]
 
+    def step_weight(self) -> int:
+        """The weight the steps done so far set: what a paused canary gets back on resume."""
+        done = self.spec.strategy.steps[:int(self.s.get("currentStep") or 0)]
+        weights = [step.set_weight for step in done if step.set_weight is not None]
+        return weights[-1] if weights else 0
+
     def blocked(self) -> bool:
         """The spec names a version that failed, and neither spec nor a retry changed that."""
         return bool(self.s.get("failedSpec")) and self.s.get("failedSpec") == self.spec.fingerprint
