@@ -48,8 +48,10 @@ def deployment_state(live: Mapping[str, Any] | None) -> DeploymentState | None:
     generation = (live.get("metadata") or {}).get("generation")
     observed = status.get("observedGeneration")
     up_to_date = generation is None or observed is None or int(observed) >= int(generation)
+    # The API server leaves zero counts out of status: a missing count is 0.
     return DeploymentState(replicas=int(spec.get("replicas") or 0), ready=int(status.get("readyReplicas") or 0),
-                           up_to_date=up_to_date)
+                           up_to_date=up_to_date, updated=int(status.get("updatedReplicas") or 0),
+                           total=int(status.get("replicas") or 0))
 
 
 class Reconciler:
@@ -237,7 +239,7 @@ class Reconciler:
             elif isinstance(action, EnsureDeployment):
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,
-                                                       action.version, spec, owner), cache)
+                                                       action.version, action.template, owner), cache)
 
     async def _ensure(self, collection: str, name: str, desired: dict[str, Any],
                       cache: dict[str, dict[str, Any] | None]) -> None:

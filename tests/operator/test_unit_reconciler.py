@@ -14,7 +14,7 @@ import pytest
 
 from asr_operator.analysis.prometheus_source import MetricSource, Sample, SourcePool
 from asr_operator.kube import KubeApi
-from asr_operator.reconciler import Reconciler
+from asr_operator.reconciler import Reconciler, deployment_state
 from asr_sandbox.kube_emulator import EmulatorServer
 from tests.support.kube import KubeClient
 
@@ -55,7 +55,7 @@ def manifest(ns: str, name: str, version: str, **spec: Any) -> dict[str, Any]:
         "server": {"image": "asr:0.1", "replicas": 2},
         "traffic": {"gatewayAPI": {"httpRoute": f"{name}-route"}},
         "strategy": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1h"}}]},
-        "analysis": {"prometheus": {"address": "http://prometheus.invalid:9090"}, "interval": "1s",
+        "analysis": {"prometheus": {"address": "http://prometheus.invalid:9090"}, "interval": "1s", "window": "1s",
                      "failureLimit": 1, "metrics": [{"name": "error-rate", "max": 0.05}]},
     }
     body.update(spec)
@@ -78,7 +78,9 @@ async def reconciler(api: EmulatorServer) -> AsyncIterator[tuple[Reconciler, Met
 
 
 def ready(kube: KubeClient, ns: str, name: str, track: str, count: int) -> None:
-    kube.patch("apps/v1", "deployments", ns, f"{name}-{track}", {"status": {"readyReplicas": count}},
+    """What a Deployment controller reports once `count` pods of the current template are ready."""
+    kube.patch("apps/v1", "deployments", ns, f"{name}-{track}",
+               {"status": {"readyReplicas": count, "updatedReplicas": count, "replicas": count}},
                subresource="status")
 
 
@@ -212,3 +214,16 @@ def test_status_patches_delete_what_the_new_status_dropped() -> None:
     assert _as_patch(old, new) == {"phase": "Succeeded", "stableModel": {"version": "v2", "sha256": None},
                                    "canaryVersion": None}
     assert _as_patch(new, new) == {}
+
+
+@pytest.mark.parametrize("status,ready", [
+    ({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 1, "replicas": 3}, False),  # rolling update
+    ({"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2, "replicas": 2}, False),  # template unseen
+    ({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2, "replicas": 2}, True),
+    ({"observedGeneration": 3, "readyReplicas": 3, "updatedReplicas": 2, "replicas": 3}, True),  # 1 old pod leaving
+    ({"observedGeneration": 3}, False),  # zero counts are left out of status by the API server
+])
+def test_stable_readiness_counts_only_pods_of_the_current_template(status: dict[str, Any], ready: bool) -> None:
+    live = {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": status}
+    state = deployment_state(live)
+    assert state is not None and state.ready_for(2) is ready

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from asr_operator.analysis.verdict import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, Measurement
-from asr_operator.spec import InvalidSpec, ModelRef, RolloutSpec, parse_spec
+from asr_operator.spec import InvalidSpec, ModelRef, PodTemplate, RolloutSpec, parse_spec
 from asr_operator.state_machine import (
     AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment, Observations, SetWeight,
     decide, wants,
@@ -76,6 +76,9 @@ class World:
     generation: int = 1
     decisions: list[Decision] = field(default_factory=list)
     weights_seen: list[int] = field(default_factory=list)
+    templates: dict[str, PodTemplate] = field(default_factory=dict)  # each Deployment's pod template
+    broken: set[tuple[str, str]] = field(default_factory=set)  # (track, image) whose new pods never get ready
+    old_pods: dict[str, int] = field(default_factory=dict)  # ready pods of a previous template, per track
 
     def spec(self) -> RolloutSpec | InvalidSpec:
         try:
@@ -112,7 +115,10 @@ class World:
     def _deployment(self, track: str) -> DeploymentState | None:
         if track not in self.replicas:
             return None
-        return DeploymentState(replicas=self.replicas[track], ready=self.ready.get(track, 0))
+        old = self.old_pods.get(track, 0)
+        # a Deployment controller's counts: readyReplicas includes old-template pods
+        return DeploymentState(replicas=self.replicas[track], ready=self.ready.get(track, 0) + old,
+                               updated=self.replicas[track], total=self.replicas[track] + old)
 
     def decide(self, analysis: Analysis | None = GOOD) -> Decision:
         return decide(self.spec(), self.status, self.observe(analysis), self.now)
@@ -131,9 +137,18 @@ class World:
                 elif isinstance(action, EnsureConfigMap):
                     self.configmaps[action.track] = action.model
                 elif isinstance(action, EnsureDeployment):
-                    self.replicas[action.track] = action.replicas
-                    if self.pods_start:
-                        self.ready[action.track] = action.replicas
+                    track = action.track
+                    previous = self.templates.get(track)
+                    self.replicas[track] = action.replicas
+                    self.templates[track] = action.template
+                    if (track, action.template.image) in self.broken:
+                        if previous is not None and previous != action.template:
+                            # a rolling update that never completes: the old pods keep running
+                            self.old_pods[track] = self.ready.get(track, 0) or self.old_pods.get(track, 0)
+                        self.ready[track] = 0
+                    elif self.pods_start:
+                        self.ready[track] = action.replicas
+                        self.old_pods.pop(track, None)
             if status:
                 for key in decision.remove_after:
                     self.annotations.pop(key, None)
@@ -159,6 +174,11 @@ class World:
     @property
     def phase(self) -> str:
         return str(self.status.get("phase"))
+
+    def set_server(self, **server: Any) -> None:
+        self.raw_spec = copy.deepcopy(self.raw_spec)
+        self.raw_spec["server"] = {**self.raw_spec["server"], **server}
+        self.generation += 1
 
     def set_spec_version(self, version: str) -> None:
         self.raw_spec = copy.deepcopy(self.raw_spec)
@@ -755,6 +775,145 @@ def test_observed_generation_follows_the_resource() -> None:
     world.set_spec_version("v2")
     world.tick()
     assert world.status["observedGeneration"] == world.generation
+
+
+# --- every change canaried: the revision is model + pod template -------------------------
+
+def test_an_image_change_is_canaried_and_stable_keeps_its_template_until_promotion() -> None:
+    """Old code: the new image went straight to every stable pod, unjudged."""
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(image="asr:0.2")
+    decision = world.tick()
+    assert world.phase == "Progressing" and world.status["canaryVersion"] == "v1"
+    assert world.status["canaryChanges"] == ["image asr:0.1 -> asr:0.2"]
+    assert world.templates["stable"].image == "asr:0.1" and world.templates["canary"].image == "asr:0.2"
+    started = [e.message for e in decision.events if e.reason == "CanaryStarted"]
+    assert started and "image asr:0.1 -> asr:0.2" in started[0]
+    world.run(lambda w: w.phase == "Promoting")
+    assert world.templates["stable"].image == "asr:0.2"  # promotion: stable pods replaced (rolling update)
+    assert "rolling update" in world.status["message"]
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.status["stableTemplate"]["image"] == "asr:0.2" and world.templates["canary"].image == "asr:0.2"
+    last = world.status["history"][-1]
+    assert (last["outcome"], last["changes"], last["template"]["image"]) == ("Promoted", ["image asr:0.1 -> asr:0.2"],
+                                                                              "asr:0.2")
+
+
+@pytest.mark.parametrize("server,changes", [
+    ({"resources": {"limits": {"nvidia.com/gpu": 1}}}, ["resources"]),
+    ({"env": [{"name": "ASR_LOAD_NICE", "value": "5"}]}, ["env"]),
+    ({"image": "asr:0.3", "env": [{"name": "X", "value": "1"}]}, ["image asr:0.1 -> asr:0.3", "env"]),
+])
+def test_every_pod_template_change_is_canaried_and_named(server: dict[str, Any], changes: list[str]) -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(**server)
+    world.tick()
+    assert world.phase == "Progressing" and world.status["canaryChanges"] == changes
+    assert world.templates["stable"] == PodTemplate.from_status(world.decisions[0].status["stableTemplate"])
+
+
+def test_scaling_is_not_a_revision() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(replicas=4)
+    world.tick()
+    assert world.phase == "Succeeded" and world.replicas["stable"] == 4
+
+
+def test_a_model_and_image_change_together_is_one_canary_naming_both() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_spec_version("v2")
+    world.set_server(image="asr:0.2")
+    world.tick()
+    assert world.status["canaryChanges"] == ["model v1 -> v2", "image asr:0.1 -> asr:0.2"]
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.configmaps["stable"].version == "v2" and world.templates["stable"].image == "asr:0.2"
+
+
+def test_a_bad_image_is_rolled_back_by_its_analysis_and_never_reaches_stable() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(image="asr:bad")
+    world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
+    assert world.templates["stable"].image == "asr:0.1" and world.templates["canary"].image == "asr:0.1"
+    assert world.status["history"][-1]["changes"] == ["image asr:0.1 -> asr:bad"]
+    for _ in range(5):  # the failed revision is not retried by itself
+        world.tick(30)
+    assert world.phase == "RolledBack" and world.templates["stable"].image == "asr:0.1"
+
+
+def test_stable_readiness_counts_only_pods_of_the_current_template() -> None:
+    """Promotion of a new template: the old pods stay ready while the new ones never do. Old
+    code counted readyReplicas (old pods included) and called the promotion done."""
+    world = settled(World(rollout_spec("v1", steps=[{"setWeight": 100}])))
+    world.broken.add(("stable", "asr:0.2"))
+    world.set_server(image="asr:0.2")
+    world.run(lambda w: w.phase == "Promoting")
+    for _ in range(5):
+        world.tick(10)
+    assert world.phase == "Promoting"
+    assert world.observe(None).stable == DeploymentState(replicas=2, ready=2, updated=2, total=4)
+    world.run(lambda w: w.phase in ("RolledBack", "RollingBack"), step=30)
+    assert condition(world, "Progressing")["reason"] == "PromotionTimedOut"
+    assert world.templates["stable"].image == "asr:0.1"  # stable back on its own template
+
+
+def test_deployment_state_counts_ready_pods_of_the_current_template() -> None:
+    rolling = DeploymentState(replicas=2, ready=2, updated=1, total=3)  # 1 new pod (unready), 2 old ready
+    assert rolling.current_ready == 0 and not rolling.ready_for(1)
+    assert DeploymentState(replicas=2, ready=3, updated=2, total=3).ready_for(2)  # 2 new ready, 1 old leaving
+    assert not DeploymentState(replicas=2, ready=2, updated=2, total=2, up_to_date=False).ready_for(2)
+
+
+def test_the_first_version_is_the_only_unjudged_revision() -> None:
+    world = World(rollout_spec("v1"), pods_start=False)
+    world.tick()
+    world.set_server(image="asr:0.2")  # still starting: no stable to compare with
+    world.tick()
+    assert world.phase == "Pending" and world.templates["stable"].image == "asr:0.2"
+    world.pods_start = True
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.status["history"][-1]["template"]["image"] == "asr:0.2"
+
+
+def test_a_template_change_mid_canary_replaces_the_canary_pods_instead_of_reloading() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.set_server(image="asr:0.2")
+    world.tick()
+    assert world.status["canaryVersion"] == "v2" and world.status.get("canaryReloading") is None
+    assert world.templates["canary"].image == "asr:0.2" and world.templates["stable"].image == "asr:0.1"
+    assert world.status["canaryChanges"] == ["model v1 -> v2", "image asr:0.1 -> asr:0.2"]
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_spec_back_to_the_stable_template_mid_canary_withdraws_it() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(image="asr:0.2")
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.set_server(image="asr:0.1")
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.templates["canary"].image == "asr:0.1" and world.status.get("failedVersion") is None
+
+
+def test_an_alert_after_a_template_promotion_reverts_the_template() -> None:
+    world = settled(World(rollout_spec("v1", steps=[{"setWeight": 100}])))
+    world.set_server(image="asr:0.2")
+    world.tick()
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("f9", "2026-01-01T13:00:00Z")
+    world.tick(60)
+    assert world.phase == "RolledBack" and world.templates["stable"].image == "asr:0.1"
+    assert world.status["stableTemplate"]["image"] == "asr:0.1"
+    for _ in range(3):  # the spec still names asr:0.2: not rolled forward again by itself
+        world.tick(30)
+    assert world.templates["stable"].image == "asr:0.1"
+
+
+def test_a_status_from_before_templates_were_recorded_starts_no_canary() -> None:
+    """An operator upgrade: status has no stableTemplate; the spec's template is adopted."""
+    world = settled(World(rollout_spec("v1")))
+    world.status.pop("stableTemplate")
+    world.tick(30)
+    assert world.phase == "Succeeded" and world.status["stableTemplate"]["image"] == "asr:0.1"
 
 
 # --- replica ratio ------------------------------------------------------------------------

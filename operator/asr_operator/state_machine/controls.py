@@ -3,14 +3,15 @@ and a firing alert (roll back a canary, or revert a recent promotion)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ..durations import seconds_between
-from ..spec import ModelRef
+from ..spec import PodTemplate
 from .analysis_gate import analysis_paused
 from .conditions import set_condition
 from .phases import CANARY_PHASES, FAILED_PHASE, PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK, ROLLING_BACK, SUCCEEDED
-from .tick import Tick, model_from_history
+from .tick import Tick, model_from_history, same_revision
 
 
 ANNOTATION_PREFIX = "asr.rollout.dev/"
@@ -90,10 +91,15 @@ def _within_post_promotion_window(tick: Tick) -> bool:
     return since is not None and since <= tick.spec.rollback.post_promotion_window_seconds
 
 
-def _previous_promoted(tick: Tick, before_version: str) -> dict[str, Any] | None:
-    promoted = [entry for entry in tick.s.get("history") or [] if entry.get("outcome") == "Promoted"]
-    for entry in reversed(promoted[:-1] if promoted and promoted[-1].get("version") == before_version else promoted):
-        if entry.get("version") != before_version:
+def _entry_template(entry: Mapping[str, Any]) -> PodTemplate | None:
+    return PodTemplate.from_status(entry.get("template"))
+
+
+def _previous_promoted(tick: Tick) -> dict[str, Any] | None:
+    """The last promoted revision before the one stable runs now (model or pod template differ)."""
+    current, template = tick.stable_model, tick.stable_template
+    for entry in reversed([entry for entry in tick.s.get("history") or [] if entry.get("outcome") == "Promoted"]):
+        if not same_revision(model_from_history(entry), _entry_template(entry), current, template):
             return entry
     return None
 
@@ -101,18 +107,24 @@ def _previous_promoted(tick: Tick, before_version: str) -> dict[str, Any] | None
 def _revert_last_promotion(tick: Tick, reason: str) -> str:
     current = tick.stable_model
     assert current is not None
-    previous = _previous_promoted(tick, current.version)
+    previous = _previous_promoted(tick)
     if previous is None:
-        return "no earlier promoted version in history to revert to"
-    _point_stable_at(tick, model_from_history(previous), current, reason)
+        return "no earlier promoted revision in history to revert to"
+    _point_stable_at(tick, previous, reason)
     return f"stable reverted from {current.version} to {previous['version']}"
 
 
-def _point_stable_at(tick: Tick, target: ModelRef, current: ModelRef, reason: str) -> None:
-    tick.history(current, "RolledBack", reason)
+def _point_stable_at(tick: Tick, entry: Mapping[str, Any], reason: str) -> None:
+    """Stable back to a revision from history: its model and, where recorded, its pod template."""
+    current = tick.stable_model
+    assert current is not None
+    target, template = model_from_history(entry), _entry_template(entry)
+    tick.history(current, "RolledBack", reason, tick.stable_template)
     tick.s.update(stableModel=target.to_status(), stableVersion=target.version, failedVersion=current.version)
-    # The spec still names the reverted version: do not roll it forward again by itself.
-    tick.s["failedSpec"] = None if tick.spec.model.same_as(target) else tick.spec.fingerprint
+    if template is not None:
+        tick.s["stableTemplate"] = template.to_status()
+    # The spec still names the reverted revision: do not roll it forward again by itself.
+    tick.s["failedSpec"] = None if tick.spec_is_stable() else tick.spec.fingerprint
     tick.stamp("rolledBackAt")
     tick.enter(ROLLED_BACK, f"stable reverted to {target.version}: {reason}")
     set_condition(tick.s, "Healthy", False, "Reverted", tick.s["message"], tick.now)
@@ -130,13 +142,11 @@ def _rollback_to(tick: Tick, version: str) -> None:
         return
     if tick.phase in (*CANARY_PHASES, PROMOTING):
         tick.rollback(f"rollback to {version} requested by user", "RollbackRequested")
-    current = tick.stable_model
-    assert current is not None
-    target = model_from_history(matches[-1])
-    if current.same_as(target):
+    target = matches[-1]
+    if same_revision(model_from_history(target), _entry_template(target), tick.stable_model, tick.stable_template):
         tick.event("RollbackToIgnored", f"rollback-to {version}: stable already serves it")
         return
-    _point_stable_at(tick, target, current, f"rollback to {version} requested by user")
+    _point_stable_at(tick, target, f"rollback to {version} requested by user")
 
 
 def _promote_request(tick: Tick) -> None:

@@ -21,9 +21,11 @@ def first_version(tick: Tick) -> None:
         tick.enter(PENDING, f"starting the first version {spec.model.version}")
         set_condition(tick.s, "Progressing", True, "InitialDeploy", tick.s["message"], tick.now)
         tick.event("InitialDeploy", tick.s["message"])
+    # The first version is the only unjudged revision: its pod template follows the spec.
+    tick.s["stableTemplate"] = spec.template.to_status()
     stable_ready = tick.obs.stable is not None and tick.obs.stable.ready_for(spec.server.replicas)
     if stable_ready:
-        tick.history(spec.model, "Promoted", "first version")
+        tick.history(spec.model, "Promoted", "first version", spec.template)
         tick.stamp("promotedAt")
         tick.enter(SUCCEEDED, f"{spec.model.version} serving")
         set_condition(tick.s, "Progressing", False, "Ready", tick.s["message"], tick.now)
@@ -55,26 +57,30 @@ def advance(tick: Tick) -> None:
         canary = tick.canary_model
         if canary is None:  # status edited by hand: start over cleanly
             tick.enter(SUCCEEDED, "no canary in status")
-        elif not spec.model.same_as(canary):
-            if spec.model.same_as(tick.stable_model):
-                tick.rollback(f"spec.model changed back to the stable {spec.model.version}", "Superseded",
+        elif not tick.spec_is_canary():
+            if tick.spec_is_stable():
+                tick.rollback(f"spec changed back to the stable revision ({spec.model.version})", "Superseded",
                               failed=False)
             else:
-                tick.event("Superseded", f"spec changed mid-rollout: canary {canary.version} replaced by {spec.model.version}")
-                tick.start_canary(f"supersedes {canary.version}", reload=True)
+                # Same pod template: the running canary pods hot-reload the new model. A new
+                # template replaces them; their readiness (current template only) tells.
+                reload = spec.template.same_as(tick.canary_template)
+                tick.event("Superseded", f"spec changed mid-rollout: canary {canary.version} replaced by "
+                                         f"{spec.model.version}")
+                tick.start_canary(f"supersedes {canary.version}", reload=reload)
             return
         else:
             _canary(tick)
             return
     # Succeeded, RolledBack, Failed-with-stable: is there something new to roll out?
-    if spec.model.same_as(tick.stable_model):
+    if tick.spec_is_stable():
         if tick.phase != SUCCEEDED:
             tick.s["failedSpec"] = None
-            tick.enter(SUCCEEDED, f"spec names the stable version {spec.model.version}")
+            tick.enter(SUCCEEDED, f"spec names the stable revision ({spec.model.version})")
         return
     if tick.blocked():
-        return  # the failed version waits for a spec change or the retry annotation
-    tick.start_canary(f"spec.model is {spec.model.version}")
+        return  # the failed revision waits for a spec change or the retry annotation
+    tick.start_canary("the spec changed the revision (model or pod template)")
 
 
 def _finish_rollback(tick: Tick) -> None:
