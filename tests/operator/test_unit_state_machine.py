@@ -599,9 +599,13 @@ def test_rollback_to_during_a_canary_rolls_the_canary_back_first() -> None:
 
 # --- alerts -------------------------------------------------------------------------------
 
-def alert(fingerprint: str = "f1", starts: str = "2026-01-01T12:00:00Z") -> str:
-    return json.dumps({"alertname": "ASRCanaryHighErrorRate", "fingerprint": fingerprint,
-                       "startsAt": starts, "summary": "5xx over 5%"})
+def alert(fingerprint: str = "f1", starts: str = "2026-01-01T12:00:10Z", track: str | None = None) -> str:
+    """The annotation the webhook writes (startsAt by default: when canary_world's canary started)."""
+    body = {"alertname": "ASRCanaryHighErrorRate", "fingerprint": fingerprint, "startsAt": starts,
+            "summary": "5xx over 5%"}
+    if track is not None:
+        body["track"] = track
+    return json.dumps(body)
 
 
 def test_alert_during_a_canary_rolls_back_and_a_repeat_is_a_no_op() -> None:
@@ -623,7 +627,7 @@ def test_alert_during_a_canary_rolls_back_and_a_repeat_is_a_no_op() -> None:
 def test_alert_after_promotion_within_the_window_reverts_stable() -> None:
     world = canary_world(steps=[{"setWeight": 100}])
     world.run(lambda w: w.phase == "Succeeded")
-    world.annotations["asr.rollout.dev/alert"] = alert("f2")
+    world.annotations["asr.rollout.dev/alert"] = alert("f2", "2026-01-01T12:01:00Z")
     world.tick(60)
     assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
     assert history(world)[-1] == ("v2", "RolledBack")
@@ -643,14 +647,114 @@ def test_alert_outside_the_window_is_recorded_and_ignored() -> None:
 
 def test_a_new_firing_episode_of_the_same_alert_acts_again() -> None:
     world = canary_world(steps=[{"setWeight": 100}])
-    world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T11:00:00Z")
+    world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T12:00:20Z")
     world.run(lambda w: w.phase == "RolledBack")
-    assert world.status["lastAlert"] == json.loads(alert("f5", "2026-01-01T11:00:00Z"))
+    assert world.status["lastAlert"] == json.loads(alert("f5", "2026-01-01T12:00:20Z"))
     world.set_spec_version("v3")
     world.run(lambda w: w.phase == "Succeeded")
     world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T13:00:00Z")  # fires again later
     world.tick(10)
     assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
+
+
+def _alert_reasons(world: World) -> list[str]:
+    return [e.message for d in world.decisions for e in d.events if e.reason == "AlertReceived"]
+
+
+def test_two_alerts_interleaved_across_two_canaries_act_once_each() -> None:
+    """Alertmanager sends A, then B, then repeats A and B on every repeat_interval. Old code
+    compared a repeat only with the last alert: A's repeat rolled back the next, unrelated canary.
+    The startsAt values here are ahead of the operator's clock (Prometheus' clock may be), so
+    only remembering what was acted on stops the repeat."""
+    world = canary_world()
+    a = alert("A", "2026-01-01T18:00:00Z")
+    b = alert("B", "2026-01-01T18:00:05Z", track="canary")
+    world.annotations["asr.rollout.dev/alert"] = a
+    world.tick(10)
+    assert world.phase == "RollingBack" and "canary rolled back" in _alert_reasons(world)[-1]
+    world.annotations["asr.rollout.dev/alert"] = b
+    world.tick(10)
+    assert "recorded only: no canary running" in _alert_reasons(world)[-1]
+    world.set_spec_version("v3")
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    events = len(_alert_reasons(world))
+    for repeat in (a, b, a, b):
+        world.annotations["asr.rollout.dev/alert"] = repeat
+        world.tick(10)
+        assert world.phase == "Progressing" and "asr.rollout.dev/alert" not in world.annotations
+    assert len(_alert_reasons(world)) == events  # nothing acted, nothing announced
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.status["stableVersion"] == "v3"
+
+
+def test_alerts_remembered_are_bounded() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}])
+    world.raw_spec["rollback"] = {"onAlert": False}
+    for index in range(50):
+        world.annotations["asr.rollout.dev/alert"] = alert(f"f{index}")
+        world.tick(1)
+    assert len(world.status["alertsSeen"]) == 32
+    assert world.status["alertsSeen"][-1]["fingerprint"] == "f49"
+
+
+def test_an_alert_that_started_before_the_canary_never_rolls_it_back() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.annotations["asr.rollout.dev/alert"] = alert("old", "2026-01-01T11:59:00Z")
+    world.tick(5)
+    assert world.phase == "Progressing" and "before canary v2 started" in condition(world, "Alert")["message"]
+
+
+@pytest.mark.parametrize("track,acts", [("canary", True), ("", True), ("stable", False), ("gpu", False)])
+def test_alert_track_during_a_canary(track: str, acts: bool) -> None:
+    """Old code ignored the track: a stable-track alert rolled back an innocent canary."""
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.annotations["asr.rollout.dev/alert"] = alert("t", "2026-01-01T12:00:30Z", track=track or None)
+    world.tick(5)
+    assert (world.phase == "RollingBack") is acts
+    assert condition(world, "Alert")["status"] == "True"  # recorded either way
+    if not acts:
+        assert "recorded only" in condition(world, "Alert")["message"] and world.weight == 10
+
+
+@pytest.mark.parametrize("track,reverts", [("stable", True), ("", True), ("canary", False)])
+def test_alert_track_after_a_promotion(track: str, reverts: bool) -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("s", "2026-01-01T12:05:00Z", track=track or None)
+    world.tick(300)
+    assert (world.configmaps["stable"].version == "v1") is reverts
+    assert (world.phase == "RolledBack") is reverts
+
+
+def test_a_stable_alert_outside_the_window_is_recorded_and_changes_nothing() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("s", "2026-01-01T12:20:00Z", track="stable")
+    decision = world.tick(1200)
+    assert world.phase == "Succeeded" and world.configmaps["stable"].version == "v2"
+    assert [e.reason for e in decision.events] == ["AlertReceived"] and condition(world, "Alert")["status"] == "True"
+
+
+def test_a_stable_alert_that_started_before_the_promotion_does_not_revert_it() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("s", "2026-01-01T12:00:11Z", track="stable")
+    world.tick(60)
+    assert world.phase == "Succeeded" and "before the promotion" in condition(world, "Alert")["message"]
+
+
+def test_alert_and_healthy_of_a_finished_rollback_do_not_linger_on_the_next_canary() -> None:
+    world = canary_world()
+    world.annotations["asr.rollout.dev/alert"] = alert()
+    world.run(lambda w: w.phase == "RolledBack")
+    assert condition(world, "Alert")["status"] == "True" and condition(world, "Healthy")["status"] == "False"
+    world.set_spec_version("v3")
+    world.tick()
+    assert world.phase == "Progressing"
+    assert condition(world, "Alert")["status"] == "False"
+    assert (condition(world, "Healthy")["status"], condition(world, "Healthy")["reason"]) == ("Unknown", "NotJudgedYet")
 
 
 def test_a_garbled_alert_annotation_is_ignored_and_removed() -> None:

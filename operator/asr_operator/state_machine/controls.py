@@ -2,11 +2,12 @@
 and a firing alert (roll back a canary, or revert a recent promotion)."""
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..durations import seconds_between
+from ..durations import parse_time, seconds_between
 from ..spec import PodTemplate
 from .analysis_gate import analysis_paused
 from .conditions import set_condition
@@ -60,30 +61,68 @@ def apply_annotations(tick: Tick) -> None:
         _promote_request(tick)
 
 
+ALERTS_REMEMBERED = 32  # alerts acted on, kept in status.alertsSeen so that a repeat changes nothing
+
+
 def _alert(tick: Tick, alert: dict[str, Any] | None) -> None:
+    """A firing alert acts at most once: an episode (fingerprint + startsAt) already handled is a
+    repeat, also when other alerts came in between (status.alertsSeen remembers the last ones)."""
     if alert is None:
         tick.event("AlertIgnored", "the asr.rollout.dev/alert annotation is not a JSON object like "
                                    '{"alertname": ..., "fingerprint": ..., "startsAt": ...}; ignored', warning=True)
         return
     fingerprint = str(alert.get("fingerprint") or "")
+    episode = {"fingerprint": fingerprint, "startsAt": str(alert.get("startsAt") or "")}
+    seen = [dict(item) for item in tick.s.get("alertsSeen") or []]
     last = tick.s.get("lastAlert") or {}
-    if fingerprint and last.get("fingerprint") == fingerprint and last.get("startsAt", "") == alert.get("startsAt", ""):
+    last_episode = {"fingerprint": str(last.get("fingerprint") or ""), "startsAt": str(last.get("startsAt") or "")}
+    if fingerprint and (episode in seen or episode == last_episode):
         return  # Alertmanager repeats a firing alert; this episode was handled already
+    tick.s["alertsSeen"] = (seen + [episode])[-ALERTS_REMEMBERED:]
     name = str(alert.get("alertname") or "alert")
     summary = str(alert.get("summary") or "")
+    track = str(alert.get("track") or "")
     tick.s["lastAlert"] = dict(alert)  # the same object as the annotation (docs/contracts.md)
-    described = f"alert {name} firing" + (f": {summary}" if summary else "")
-    if not tick.spec.rollback.on_alert:
-        action = "ignored (spec.rollback.onAlert is false)"
-    elif tick.phase in (*CANARY_PHASES, PROMOTING):
-        action = "canary rolled back"
-        tick.rollback(described, "AlertFiring")
-    elif tick.phase == SUCCEEDED and _within_post_promotion_window(tick):
-        action = _revert_last_promotion(tick, described)
-    else:
-        action = f"ignored in phase {tick.phase} (no canary, outside the post-promotion window)"
+    described = f"alert {name} firing" + (f" ({track} track)" if track else "") + (f": {summary}" if summary else "")
+    action = _alert_action(tick, track, episode["startsAt"], described)
     set_condition(tick.s, "Alert", True, "AlertFiring", f"{described}; {action}", tick.now)
     tick.event("AlertReceived", f"{described}; {action}", warning=True)
+
+
+def _alert_action(tick: Tick, track: str, starts_at: str, described: str) -> str:
+    """What an alert does (README, "How the operator judges"). By its `track` label: canary
+    alerts roll the canary back; stable alerts revert a promotion inside the post-promotion
+    window; no track: either, as the phase says. Never for an alert that started before the
+    revision it would judge was serving (before the canary started, before the promotion)."""
+    if not tick.spec.rollback.on_alert:
+        return "ignored (spec.rollback.onAlert is false)"
+    if track not in ("", "canary", "stable"):
+        return f"recorded only: unknown track {track!r} (the track label is canary or stable)"
+    started = _time_or_none(starts_at)
+    if tick.phase in (*CANARY_PHASES, PROMOTING):
+        if track == "stable":
+            return "recorded only: a stable-track alert does not judge the canary"
+        canary_start = _time_or_none(tick.s.get("rolloutStartedAt"))
+        if started is not None and canary_start is not None and started < canary_start:
+            return (f"ignored: it started at {starts_at}, before canary {tick.s.get('canaryVersion')} started "
+                    f"({tick.s.get('rolloutStartedAt')})")
+        tick.rollback(described, "AlertFiring")
+        return "canary rolled back"
+    if track == "canary":
+        return f"recorded only: no canary running (phase {tick.phase})"
+    if tick.phase == SUCCEEDED and _within_post_promotion_window(tick):
+        promoted = _time_or_none(tick.s.get("promotedAt"))
+        if started is not None and promoted is not None and started < promoted:
+            return f"ignored: it started at {starts_at}, before the promotion ({tick.s.get('promotedAt')})"
+        return _revert_last_promotion(tick, described)
+    return f"ignored in phase {tick.phase} (no canary, outside the post-promotion window)"
+
+
+def _time_or_none(text: Any) -> datetime.datetime | None:
+    try:
+        return parse_time(str(text)) if text else None
+    except ValueError:
+        return None  # not a time: the alert still acts (when it started is unknown)
 
 
 def _within_post_promotion_window(tick: Tick) -> bool:

@@ -153,6 +153,10 @@ class Tick:
         self.enter(PROGRESSING, f"canary {model.version} starting ({what}): {reason}")
         set_condition(self.s, "Progressing", True, "CanaryStarted", self.s["message"], self.now)
         set_condition(self.s, "Paused", False, "Running", "", self.now)
+        # What an earlier canary's rollback or alert said is not about this one.
+        set_condition(self.s, "Healthy", None, "NotJudgedYet", f"canary {model.version} has no analysis yet", self.now)
+        if self.s.get("conditions") and any(c.get("type") == "Alert" for c in self.s["conditions"]):
+            set_condition(self.s, "Alert", False, "NoAlert", f"no alert since canary {model.version} started", self.now)
         self.event("CanaryStarted", f"canary {model.version} (stable {self.s.get('stableVersion')}; {what}): {reason}")
         self.wait(0)
 
