@@ -276,6 +276,9 @@ def test_no_traffic_is_inconclusive_then_paused_never_promoted(scenario: Scenari
     assert later["phase"] == "Paused" and later["stableVersion"] == "v1"
     assert config_of(s.kube, ns, name, "stable")["version"] == "v1"
     assert not any(h.get("outcome") == "Promoted" and h.get("version") == "v2" for h in later.get("history") or [])
+    # An unjudged canary holds no traffic (replicaRatio: no canary pod, stable at full size).
+    assert later["canaryWeight"] == 0 and replicas_of(s.kube, ns, name, "canary") == 0
+    assert replicas_of(s.kube, ns, name, "stable") == 2
 
 
 def test_prometheus_down_never_promotes(scenario: Scenario) -> None:
@@ -294,6 +297,35 @@ def test_prometheus_down_never_promotes(scenario: Scenario) -> None:
     later = status(s.kube, ns, name)
     assert later["phase"] == "Paused" and later["stableVersion"] == "v1"
     assert config_of(s.kube, ns, name, "stable")["version"] == "v1"
+    # Prometheus down for a weekend is no canary serving 50% for a weekend.
+    assert later["canaryWeight"] == 0 and replicas_of(s.kube, ns, name, "canary") == 0
+
+
+def test_an_image_change_is_canaried_and_reaches_stable_only_at_promotion(scenario: Scenario) -> None:
+    """A change of spec.server (here the image) runs through the steps and the analysis like a
+    model change. Old code: it went straight to the stable pods, unjudged."""
+    s, ns, name = scenario, scenario.ns, "image"
+    s.pods.watch(ns, name, default=GOOD)
+    s.start_operator()
+    s.create(name, "v1", steps=[{"setWeight": 50}, {"pause": {"duration": "2s"}}])
+    s.settled_on(name, "v1")
+
+    def image(track: str) -> str:
+        deployment = s.kube.get("apps/v1", "deployments", ns, f"{name}-{track}")
+        return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    old_image, new_image = image("stable"), "registry.example/asr-inference-server:0.2.0"
+    s.kube.patch(*RO, ns, name, {"spec": {"server": {"image": new_image}}})
+    progressing = s.phase(name, "Progressing")
+    assert progressing["canaryChanges"] == [f"image {old_image} -> {new_image}"]
+    wait_for(lambda: image("canary") == new_image, 10, "the canary Deployment on the new image")
+    assert image("stable") == old_image
+    final = s.phase(name, "Succeeded", timeout=60)
+    assert final["history"][-1]["outcome"] == "Promoted" and final["history"][-1]["changes"] == progressing["canaryChanges"]
+    assert final["analysis"]["outcome"] == "Successful"
+    assert final["stableTemplate"]["image"] == new_image
+    wait_for(lambda: image("stable") == new_image, 10, "the stable Deployment on the new image")
+    assert any(e["reason"] == "CanaryStarted" and new_image in e["message"] for e in s.events(name))
 
 
 def test_progress_deadline_rolls_back_canary_that_never_gets_ready(scenario: Scenario) -> None:
