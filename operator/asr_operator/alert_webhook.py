@@ -7,16 +7,14 @@ that ASRModelRollout. The state machine consumes it like the manual control anno
 Because it only writes an annotation through the API, every operator replica can serve it,
 including the ones kopf peering keeps paused: the Service may route to any of them.
 
-How the operator process starts it (for the brain's `__main__`/startup handler)::
+How the operator process starts it (`handlers.startup`)::
 
-    from asr_operator.alert_webhook import KubernetesRolloutAccess, start_alert_webhook
-
-    access = KubernetesRolloutAccess(kubernetes.client.ApiClient())   # or your own callables
+    api = KubeApi(...)                                           # asr_operator.kube
     runner = await start_alert_webhook(
-        port=args.webhook_port,                                  # --webhook-port, 8081
+        port=options.webhook_port,                               # --webhook-port, 8081
         token=os.environ.get("ASR_ALERT_WEBHOOK_TOKEN", ""),
-        get_rollout=access.get_rollout,                          # (ns, name) -> dict | None
-        patch_annotation=access.patch_annotation,                # (ns, name, key, value) -> None
+        get_rollout=api.get_rollout,                             # (ns, name) -> dict | None
+        patch_annotation=api.set_annotation,                     # (ns, name, key, value) -> None
     )
     ...
     await runner.cleanup()                                       # on shutdown
@@ -31,9 +29,15 @@ Endpoints:
     GET  /healthz  200 "ok".
 
 Idempotency: Alertmanager re-sends a firing alert every `repeat_interval` and on every group
-change. An alert whose (fingerprint, startsAt) already sits in the annotation or in
-`status.lastAlert` is not written again. A new firing episode of the same alert (same
-fingerprint, new startsAt, e.g. after the next promotion) is a new event and is written.
+change. An alert whose (fingerprint, startsAt) already sits in the annotation, in
+`status.lastAlert` or among the alerts the state machine remembers (`status.alertsSeen`) is not
+written again. A new firing episode of the same alert (same fingerprint, new startsAt, e.g. after
+the next promotion) is a new event and is written. Of several firing alerts for one rollout, the
+earliest-starting one not seen yet is written (one annotation holds one alert; the next goes out
+after the operator consumed it, on Alertmanager's next notification).
+
+The alert's `track` label (`canary` or `stable`, set by the chart's rules) goes into the
+annotation as `track`; the state machine acts by it (README, "How the operator judges").
 """
 
 from __future__ import annotations
@@ -45,21 +49,19 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
 ALERT_ANNOTATION = "asr.rollout.dev/alert"
-ROLLOUT_GROUP = "asr.rollout.dev"
-ROLLOUT_VERSION = "v1alpha1"
-ROLLOUT_PLURAL = "asrmodelrollouts"
 TOKEN_ENV = "ASR_ALERT_WEBHOOK_TOKEN"
 
 # The labels an alert must carry to name a rollout (the PrometheusRule in the chart sets them).
 NAMESPACE_LABEL = "namespace"
 ROLLOUT_LABEL = "rollout"
+TRACK_LABEL = "track"  # canary | stable: which track the alert is about (absent: either)
 
 # Kubernetes object names: a namespace is a DNS label, a custom resource name a DNS subdomain.
 # Checked before any API call so that label values never reach a URL path unvalidated.
@@ -98,11 +100,12 @@ class Alert:
 
 @dataclass(frozen=True)
 class Target:
-    """A firing alert that names a rollout: what the receiver will try to annotate."""
+    """The firing alerts that name one rollout, earliest first: the receiver annotates the first
+    one the rollout has not seen yet."""
 
     namespace: str
     rollout: str
-    alert: Alert
+    alerts: tuple[Alert, ...]
 
 
 @dataclass(frozen=True)
@@ -166,10 +169,10 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
 
 
 def choose_targets(alerts: Sequence[Alert]) -> tuple[list[Target], list[Outcome]]:
-    """Split alerts into targets to annotate and outcomes of alerts ignored outright.
+    """Group the firing alerts by the rollout they name; report the others as ignored.
 
-    One annotation holds one alert, so for a rollout named by several firing alerts in one
-    payload the earliest-starting one is chosen (the first cause); the others are reported.
+    One annotation holds one alert, so for a rollout named by several firing alerts the
+    earliest-starting one not seen yet is chosen (the first cause) once the rollout is read.
     """
     ignored: list[Outcome] = []
     by_rollout: dict[tuple[str, str], list[Alert]] = {}
@@ -186,33 +189,29 @@ def choose_targets(alerts: Sequence[Alert]) -> tuple[list[Target], list[Outcome]
         else:
             by_rollout.setdefault((namespace, rollout), []).append(alert)
 
-    targets = []
-    for (namespace, rollout), candidates in by_rollout.items():
-        first, *others = sorted(candidates, key=lambda a: (a.starts_at, a.fingerprint))
-        targets.append(Target(namespace, rollout, first))
-        for other in others:
-            ignored.append(_ignored(other, f"alert {first.fingerprint} for the same rollout was chosen",
-                                    namespace, rollout))
+    targets = [Target(namespace, rollout, tuple(sorted(candidates, key=lambda a: (a.starts_at, a.fingerprint))))
+               for (namespace, rollout), candidates in by_rollout.items()]
     return targets, ignored
 
 
 def annotation_value(alert: Alert) -> str:
     """The `asr.rollout.dev/alert` annotation value for an alert (docs/contracts.md)."""
-    return json.dumps(
-        {
-            "alertname": alert.alertname,
-            "fingerprint": alert.fingerprint,
-            "startsAt": alert.starts_at,
-            "summary": alert.summary,
-        },
-        sort_keys=True,
-    )
+    value = {
+        "alertname": alert.alertname,
+        "fingerprint": alert.fingerprint,
+        "startsAt": alert.starts_at,
+        "summary": alert.summary,
+    }
+    if alert.labels.get(TRACK_LABEL):
+        value["track"] = alert.labels[TRACK_LABEL]
+    return json.dumps(value, sort_keys=True)
 
 
 def already_seen(rollout_obj: Mapping[str, Any], alert: Alert) -> bool:
     """Whether this firing episode already reached the rollout (pending annotation or status)."""
     annotations = (rollout_obj.get("metadata") or {}).get("annotations") or {}
-    recorded: list[Any] = [(rollout_obj.get("status") or {}).get("lastAlert")]
+    status = rollout_obj.get("status") or {}
+    recorded: list[Any] = [status.get("lastAlert"), *(status.get("alertsSeen") or [])]
     pending = annotations.get(ALERT_ANNOTATION)
     if pending:
         try:
@@ -283,9 +282,14 @@ async def _handle_healthz(request: web.Request) -> web.Response:
 async def _handle_alerts(request: web.Request) -> web.Response:
     token = request.app[_TOKEN_KEY]
     if not token:
+        logger.warning("Alert webhook refused a request from %s: no token configured (%s).", request.remote, TOKEN_ENV)
         return _error(503, f"the alert webhook has no token configured: set {TOKEN_ENV} "
                            "(the chart's alert webhook Secret) and restart the operator")
     if not token_matches(request.headers.get("Authorization"), token):
+        # Alertmanager retries only on its next group_interval: say it here, not only in its log.
+        logger.warning("Alert webhook refused a request from %s: missing or wrong bearer token (the "
+                       "Alertmanager receiver's credentials must match the alert webhook Secret).",
+                       request.remote)
         return _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
                            "with the token from the alert webhook Secret",
                       headers={"WWW-Authenticate": 'Bearer realm="asr-rollout alerts"'})
@@ -296,9 +300,10 @@ async def _handle_alerts(request: web.Request) -> web.Response:
 
     targets, outcomes = choose_targets(alerts)
     try:
-        outcomes += await asyncio.gather(*(
+        for applied in await asyncio.gather(*(
             _apply(target, request.app[_GET_KEY], request.app[_PATCH_KEY]) for target in targets
-        ))
+        )):
+            outcomes += applied
     except Exception as exc:  # the API failed: 5xx makes Alertmanager retry the whole batch
         logger.exception("Alert webhook could not reach the Kubernetes API.")
         return _error(502, f"Kubernetes API call failed, retry later: {exc}")
@@ -308,53 +313,25 @@ async def _handle_alerts(request: web.Request) -> web.Response:
     return web.json_response({"results": [outcome.as_dict() for outcome in outcomes]})
 
 
-async def _apply(target: Target, get_rollout: GetRollout, patch_annotation: PatchAnnotation) -> Outcome:
-    alert = target.alert
+async def _apply(target: Target, get_rollout: GetRollout, patch_annotation: PatchAnnotation) -> list[Outcome]:
     rollout_obj = await get_rollout(target.namespace, target.rollout)
     if rollout_obj is None:
-        return _ignored(alert, "unknown rollout", target.namespace, target.rollout)
-    if already_seen(rollout_obj, alert):
-        return _ignored(alert, "repeat of an alert already recorded", target.namespace, target.rollout)
-    await patch_annotation(target.namespace, target.rollout, ALERT_ANNOTATION, annotation_value(alert))
-    return Outcome(alert.alertname, alert.fingerprint, "annotated", "firing alert names this rollout",
-                   target.namespace, target.rollout)
+        return [_ignored(alert, "unknown rollout", target.namespace, target.rollout) for alert in target.alerts]
+    outcomes: list[Outcome] = []
+    chosen: Alert | None = None
+    for alert in target.alerts:
+        if already_seen(rollout_obj, alert):
+            outcomes.append(_ignored(alert, "repeat of an alert already recorded", target.namespace, target.rollout))
+        elif chosen is None:
+            chosen = alert
+            await patch_annotation(target.namespace, target.rollout, ALERT_ANNOTATION, annotation_value(alert))
+            outcomes.append(Outcome(alert.alertname, alert.fingerprint, "annotated", "firing alert names this rollout",
+                                    target.namespace, target.rollout))
+        else:
+            outcomes.append(_ignored(alert, f"alert {chosen.fingerprint} for the same rollout was chosen; this one "
+                                            "goes out on a later notification", target.namespace, target.rollout))
+    return outcomes
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message}}, status=status, headers=headers)
-
-
-# --- a ready adapter over the official `kubernetes` client -----------------------------------
-
-
-class KubernetesRolloutAccess:
-    """get_rollout/patch_annotation over `kubernetes.client` (sync calls run in a thread).
-
-    Uses only `get` and `patch` on `asrmodelrollouts` (a JSON merge patch of metadata), the
-    verbs the chart's RBAC grants for the webhook.
-    """
-
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes import client  # the [operator] extra; imported late so the pure part needs none
-
-        self._api = client.CustomObjectsApi(api_client)
-        self._api_exception = client.exceptions.ApiException
-
-    async def get_rollout(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        try:
-            obj = await asyncio.to_thread(
-                self._api.get_namespaced_custom_object,
-                ROLLOUT_GROUP, ROLLOUT_VERSION, namespace, ROLLOUT_PLURAL, name,
-            )
-        except self._api_exception as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return cast(Mapping[str, Any], obj)
-
-    async def patch_annotation(self, namespace: str, name: str, key: str, value: str) -> None:
-        await asyncio.to_thread(
-            self._api.patch_namespaced_custom_object,
-            ROLLOUT_GROUP, ROLLOUT_VERSION, namespace, ROLLOUT_PLURAL, name,
-            {"metadata": {"annotations": {key: value}}},
-        )

@@ -1,8 +1,10 @@
 """Pure builders of the objects a rollout owns (names, labels and env per docs/contracts.md).
 
 Nothing about a model version goes into a pod template: a version change is a ConfigMap change
-the server hot-reloads, so promotion never restarts a stable pod. The version shows on the
-Deployment's and ConfigMap's own labels instead.
+the server hot-reloads, so promoting a model never restarts a stable pod. The version shows on
+the Deployment's and ConfigMap's own labels instead. Each track's pod template (image, resources,
+env, model volume) is the one its revision names (`PodTemplate`): the canary runs the new one,
+stable keeps its own until promotion.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 import yaml
 
 from .kube import API_VERSION, KIND
-from .spec import ModelRef, RolloutSpec
+from .spec import ModelRef, PodTemplate
 
 SERVER_PORT = 8000
 CONFIG_KEY = "model.yaml"
@@ -96,7 +98,7 @@ def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
     }
 
 
-def _env(rollout: str, track: str, spec: RolloutSpec) -> list[dict[str, Any]]:
+def _env(rollout: str, track: str, template: PodTemplate) -> list[dict[str, Any]]:
     fixed: list[dict[str, Any]] = [
         {"name": "ASR_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "ASR_ROLLOUT", "value": rollout},
@@ -104,18 +106,18 @@ def _env(rollout: str, track: str, spec: RolloutSpec) -> list[dict[str, Any]]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     ours = {item["name"] for item in fixed}
-    return fixed + [dict(item) for item in spec.server.env if item.get("name") not in ours]
+    return fixed + [dict(item) for item in template.env if item.get("name") not in ours]
 
 
 def deployment(namespace: str, rollout: str, track: str, replicas: int, version: str,
-               spec: RolloutSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
+               template: PodTemplate, owner: Mapping[str, Any]) -> dict[str, Any]:
     labels = track_labels(rollout, track)
     container: dict[str, Any] = {
         "name": "inference-server",
-        "image": spec.server.image,
+        "image": template.image,
         "args": ["--model-config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--models-root", MODELS_ROOT],
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-        "env": _env(rollout, track, spec),
+        "env": _env(rollout, track, template),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
                            "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
@@ -125,8 +127,8 @@ def deployment(namespace: str, rollout: str, track: str, replicas: int, version:
             {"name": "model-config", "mountPath": CONFIG_DIR, "readOnly": True},
         ],
     }
-    if spec.server.resources:
-        container["resources"] = dict(spec.server.resources)
+    if template.resources:
+        container["resources"] = dict(template.resources)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -144,7 +146,7 @@ def deployment(namespace: str, rollout: str, track: str, replicas: int, version:
                 "spec": {
                     "containers": [container],
                     "volumes": [
-                        {"name": "models", **dict(spec.model_volume)},
+                        {"name": "models", **dict(template.model_volume)},
                         {"name": "model-config", "configMap": {"name": configmap_name(rollout, track)}},
                     ],
                 },

@@ -61,6 +61,7 @@ def format_status(rollout: Mapping[str, Any]) -> str:
         ["Message:", _value(status.get("message"))],
         ["Stable:", _value(status.get("stableVersion"))],
         ["Canary:", _value(status.get("canaryVersion"))],
+        ["Changes:", "; ".join(status.get("canaryChanges") or []) or "-"],
         ["Weight:", weight_text],
         ["Step:", "-" if step is None else f"{step}/{len(steps)}"],
         ["Spec version:", _value((spec.get("model") or {}).get("version"))],

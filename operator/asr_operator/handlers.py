@@ -81,14 +81,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.metrics.serve(options.metrics_port)
     if options.webhook_port > 0:
         api = _reconciler().api
-
-        async def patch_annotation(namespace: str, name: str, key: str, value: str) -> None:
-            await api.set_annotations(namespace, name, {key: value})
-
         try:
             RUNTIME.webhook = await start_alert_webhook(
                 port=options.webhook_port, token=os.environ.get(TOKEN_ENV, ""),
-                get_rollout=api.get_rollout, patch_annotation=patch_annotation)
+                get_rollout=api.get_rollout, patch_annotation=api.set_annotation)
         except OSError as error:
             log.error("webhook port %d unavailable (%s); alerts are not received. Pick a free --webhook-port.",
                       options.webhook_port, error)
@@ -113,9 +109,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.event(kube.GROUP, kube.VERSION, kube.PLURAL)
-def poke(namespace: str | None, name: str, meta: Any, **_: Any) -> None:
+async def poke(namespace: str | None, name: str, meta: Any, **_: Any) -> None:
     """Wake the rollout's daemon on a spec change or a control annotation, not on our own
-    status writes (which would only double the work)."""
+    status writes (which would only double the work). Async: kopf runs a sync handler in a
+    worker thread, and asyncio.Event is not thread-safe."""
     key = (namespace or "", name)
     generation = meta.get("generation")
     controls = any(k.startswith(ANNOTATION_PREFIX) for k in (meta.get("annotations") or {}))

@@ -182,6 +182,24 @@ class KubeApi:
         """Set (or, with None, remove) annotations; never touches spec."""
         await self.merge_patch(rollout_path(namespace, name), {"metadata": {"annotations": dict(annotations)}})
 
+    async def set_annotation(self, namespace: str, name: str, key: str, value: str) -> None:
+        """Set one annotation (the alert webhook's write)."""
+        await self.set_annotations(namespace, name, {key: value})
+
+    async def remove_annotation_if(self, namespace: str, name: str, key: str, value: str) -> bool:
+        """Remove an annotation only while it still holds `value` (a JSON patch `test` op): one
+        written meanwhile (a newer alert) stays for the next tick. False when it had changed."""
+        pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        try:
+            await self.request("PATCH", rollout_path(namespace, name),
+                               [{"op": "test", "path": pointer, "value": value}, {"op": "remove", "path": pointer}],
+                               content_type="application/json-patch+json")
+        except KubeError as error:
+            if error.status in (409, 422):  # the test failed: it changed, or is gone already
+                return False
+            raise
+        return True
+
     async def post_event(self, rollout: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         meta = rollout.get("metadata", {})
         namespace = meta.get("namespace", "default")

@@ -5,7 +5,9 @@ Write order in `act`, chosen for crash safety:
    doubles it - a person simply asks again);
 2. status written through /status (the decision: from here on a restart resumes it);
 3. children brought to their desired state (idempotent; weight first, then ConfigMaps);
-4. events; 5. the alert annotation removed (its fingerprint in status makes a repeat a no-op).
+4. events; 5. the alert annotation removed, only if it still holds the alert acted on (a JSON
+   patch `test`): one the webhook wrote meanwhile stays for the next tick (status.alertsSeen
+   makes a repeat a no-op).
 """
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ def deployment_state(live: Mapping[str, Any] | None) -> DeploymentState | None:
     generation = (live.get("metadata") or {}).get("generation")
     observed = status.get("observedGeneration")
     up_to_date = generation is None or observed is None or int(observed) >= int(generation)
+    # The API server leaves zero counts out of status: a missing count is 0.
     return DeploymentState(replicas=int(spec.get("replicas") or 0), ready=int(status.get("readyReplicas") or 0),
-                           up_to_date=up_to_date)
+                           up_to_date=up_to_date, updated=int(status.get("updatedReplicas") or 0),
+                           total=int(status.get("replicas") or 0))
 
 
 class Reconciler:
@@ -103,6 +107,9 @@ class Reconciler:
         cache: dict[str, dict[str, Any] | None] = {}
         observations = await self.observe(body, spec, status, now, cache)
         decision = decide(spec, status, observations, now)
+        if decision.status.get("phase") != status.get("phase"):
+            log.info("%s/%s: phase %s -> %s: %s", namespace, name, status.get("phase") or "(new)",
+                     decision.status.get("phase"), decision.status.get("message", ""))
         try:
             await self.act(body, spec, status, decision, cache)
         finally:
@@ -197,8 +204,12 @@ class Reconciler:
             await self._report_children(body, decision.status, error)
         if error is not None:
             raise error
-        if decision.remove_after:
-            await self.api.set_annotations(namespace, name, {key: None for key in decision.remove_after})
+        acted_on = meta.get("annotations") or {}
+        for annotation in decision.remove_after:  # only if it still holds what was acted on (a newer alert stays)
+            if annotation in acted_on and not await self.api.remove_annotation_if(
+                    namespace, name, annotation, str(acted_on[annotation])):
+                log.info("%s/%s: %s changed since this tick read it; the next tick acts on it",
+                         namespace, name, annotation)
 
     async def _report_children(self, body: Mapping[str, Any], status: Mapping[str, Any],
                                error: Exception | None) -> None:
@@ -237,7 +248,7 @@ class Reconciler:
             elif isinstance(action, EnsureDeployment):
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,
-                                                       action.version, spec, owner), cache)
+                                                       action.version, action.template, owner), cache)
 
     async def _ensure(self, collection: str, name: str, desired: dict[str, Any],
                       cache: dict[str, dict[str, Any] | None]) -> None:

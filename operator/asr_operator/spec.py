@@ -79,6 +79,40 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class PodTemplate:
+    """What a track's pods run besides the model (the rest of the pod template). With the model
+    it makes the revision: a change of either is canaried and judged, never applied unjudged."""
+
+    image: str
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    env: tuple[Mapping[str, Any], ...] = ()
+    model_volume: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_status(self) -> dict[str, Any]:
+        return {"image": self.image, "resources": dict(self.resources), "env": [dict(item) for item in self.env],
+                "modelVolume": dict(self.model_volume)}
+
+    @classmethod
+    def from_status(cls, data: Mapping[str, Any] | None) -> PodTemplate | None:
+        if not data or not data.get("image"):
+            return None
+        return cls(image=str(data["image"]), resources=dict(data.get("resources") or {}),
+                   env=tuple(dict(item) for item in data.get("env") or []),
+                   model_volume=dict(data.get("modelVolume") or {}))
+
+    def same_as(self, other: PodTemplate | None) -> bool:
+        return other is not None and self.to_status() == other.to_status()
+
+    def changes_from(self, old: PodTemplate | None) -> list[str]:
+        """What differs from `old`, for people: `image a -> b`, `resources`, `env`, `modelVolume`."""
+        if old is None:
+            return []
+        changed = [f"image {old.image} -> {self.image}"] if old.image != self.image else []
+        mine, theirs = self.to_status(), old.to_status()
+        return changed + [key for key in ("resources", "env", "modelVolume") if mine[key] != theirs[key]]
+
+
+@dataclass(frozen=True)
 class TrafficSpec:
     provider: str  # "gatewayAPI" | "replicaRatio"
     http_route: str | None = None
@@ -121,6 +155,10 @@ class AnalysisSpec:
     min_requests: int
     window_seconds: float
     metrics: tuple[MetricSpec, ...]
+    # What reaching inconclusiveLimit / errorLimit does: "pause" (the canary holds weight 0
+    # until a person resumes it) or "rollback".
+    on_inconclusive: str = "pause"
+    on_error: str = "pause"
 
 
 @dataclass(frozen=True)
@@ -139,6 +177,12 @@ class RolloutSpec:
     analysis: AnalysisSpec | None
     rollback: RollbackSpec
     fingerprint: str  # digest of the whole spec: "the spec changed" means this changed
+
+    @property
+    def template(self) -> PodTemplate:
+        """The pod template the spec asks for (replicas are not part of it: scaling is no revision)."""
+        return PodTemplate(image=self.server.image, resources=self.server.resources, env=self.server.env,
+                           model_volume=self.model_volume)
 
 
 class _Checker:
@@ -403,7 +447,22 @@ def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
         min_requests=check.integer(analysis.get("minRequests"), "spec.analysis.minRequests", 20, 0),
         window_seconds=check.duration(analysis.get("window"), "spec.analysis.window", "1m", 1.0),
         metrics=tuple(metrics),
+        on_inconclusive=_limit_action(check, analysis.get("onInconclusive"), "spec.analysis.onInconclusive"),
+        on_error=_limit_action(check, analysis.get("onError"), "spec.analysis.onError"),
     )
+
+
+LIMIT_ACTIONS = ("pause", "rollback")
+
+
+def _limit_action(check: _Checker, value: Any, path: str) -> str:
+    if value is None:
+        return "pause"
+    if value not in LIMIT_ACTIONS:
+        check.fail(path, f"{value!r} is not one of {', '.join(LIMIT_ACTIONS)}; pause holds the canary at "
+                         "weight 0 until promoted or retried, rollback rolls it back")
+        return "pause"
+    return str(value)
 
 
 def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:

@@ -115,7 +115,7 @@ class Api:
 
     def mark_ready(self, deployment: str, count: int) -> None:
         self.call("PATCH", f"apis/apps/v1/namespaces/{NS}/deployments/{deployment}/status",
-                  {"status": {"readyReplicas": count}}, merge=True)
+                  {"status": {"readyReplicas": count, "updatedReplicas": count, "replicas": count}}, merge=True)
 
 
 def rollout_manifest(name: str, prometheus: str, interval: str, traffic: dict[str, Any]) -> dict[str, Any]:

@@ -2,32 +2,33 @@
 
 The receiver runs as a real aiohttp server on 127.0.0.1; it reaches the emulator
 (sandbox/asr_sandbox/kube_emulator.py: kmock with resourceVersions, the status subresource and a request
-log) through the production adapter (`KubernetesRolloutAccess`, the official `kubernetes`
-client). What the state machine then does with the annotation (rollback during a canary, the
+log) through the operator's own API client (`asr_operator.kube.KubeApi`, wired as in
+`handlers.startup`). What the state machine then does with the annotation (rollback during a canary, the
 stable revert after a promotion) is tested by the operator's own tests; here: the annotation is
 set exactly when it should be, and nothing else is written.
 """
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import kubernetes
+import kopf
 import pytest
 import yaml
 
 from asr_operator.alert_webhook import (
     ALERT_ANNOTATION,
-    KubernetesRolloutAccess,
     PayloadError,
     parse_payload,
     start_alert_webhook,
     token_matches,
 )
+from asr_operator.kube import KubeApi
 from asr_sandbox.crd_schema import load_crd
 from asr_sandbox.kube_emulator import EmulatorServer
 from asr_sandbox.paths import EXAMPLES_DIR
@@ -93,11 +94,22 @@ class Cluster:
                 return rsp.status, await rsp.json()
 
 
-async def _serve_webhook(token: str, api_host: str) -> tuple[Any, str]:
-    access = KubernetesRolloutAccess(kubernetes.client.ApiClient(kubernetes.client.Configuration(host=api_host)))
-    runner = await start_alert_webhook(0, token, access.get_rollout, access.patch_annotation, host="127.0.0.1")
+@dataclass
+class Served:
+    runner: Any
+    client: KubeApi
+
+    async def cleanup(self) -> None:
+        await self.runner.cleanup()
+        await self.client.close()
+
+
+async def _serve_webhook(token: str, api_host: str) -> tuple[Served, str]:
+    """The receiver as `handlers.startup` starts it, on the operator's KubeApi."""
+    client = KubeApi(kopf.ConnectionInfo(server=api_host))
+    runner = await start_alert_webhook(0, token, client.get_rollout, client.set_annotation, host="127.0.0.1")
     host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    return Served(runner, client), f"http://{host}:{port}"
 
 
 @pytest.fixture
@@ -124,16 +136,22 @@ async def test_firing_alert_sets_the_annotation(cluster: Cluster) -> None:
     assert cluster.alert_annotation() == {
         "alertname": "ASRCanaryHighErrorRate", "fingerprint": "a1b2c3",
         "startsAt": "2026-01-01T10:00:00Z", "summary": "ASRCanaryHighErrorRate on speech/meeting-zh",
+        "track": "canary",  # the alert's track label: the state machine acts by it
     }
 
 
 @pytest.mark.parametrize("token", ["wrong-token", "", None])
-async def test_bad_or_missing_token_is_refused(cluster: Cluster, token: str | None) -> None:
-    status, body = await cluster.post(payload(alert()), token=token)
+async def test_bad_or_missing_token_is_refused_and_logged(cluster: Cluster, token: str | None,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="asr_operator.alert_webhook"):
+        status, body = await cluster.post(payload(alert()), token=token)
     assert status == 401
     assert "bearer token" in body["error"]["message"]
     assert cluster.alert_annotation() is None
     assert cluster.writes() == 1  # the create only
+    # the operator's log says it too (old code: only Alertmanager's log showed the 401)
+    refused = [r for r in caplog.records if r.levelno == logging.WARNING and "bearer token" in r.getMessage()]
+    assert len(refused) == 1
 
 
 async def test_resolved_alert_is_ignored(cluster: Cluster) -> None:
@@ -191,6 +209,36 @@ async def test_repeat_after_the_state_machine_consumed_it_is_not_reapplied(clust
     assert cluster.alert_annotation()["startsAt"] == "2026-01-02T08:00:00Z"  # type: ignore[index]
 
 
+async def test_an_alert_the_state_machine_remembers_is_not_written_again(cluster: Cluster) -> None:
+    """Two alerts handled (A, then B: status.lastAlert is B). Alertmanager repeats both in every
+    notification; old code compared with the last alert only and wrote A again."""
+    a, b = alert(fingerprint="aaaa"), alert(fingerprint="bbbb", starts_at="2026-01-01T10:01:00Z")
+    seen = [{"fingerprint": "aaaa", "startsAt": a["startsAt"]}, {"fingerprint": "bbbb", "startsAt": b["startsAt"]}]
+    cluster.kube.patch(API_VERSION, PLURAL, "speech", "meeting-zh",
+                       {"status": {"alertsSeen": seen, "lastAlert": json.loads(annotation_of(b))}},
+                       subresource="status")
+    writes = cluster.writes()
+    status, body = await cluster.post(payload(a, b))
+    assert status == 200 and [r["action"] for r in body["results"]] == ["ignored", "ignored"]
+    assert cluster.writes() == writes and cluster.alert_annotation() is None
+
+
+async def test_the_earliest_alert_not_seen_yet_is_annotated(cluster: Cluster) -> None:
+    """Old code chose the earliest alert, then skipped it as a repeat: B never went out."""
+    a, b = alert(fingerprint="aaaa"), alert(fingerprint="bbbb", starts_at="2026-01-01T10:01:00Z")
+    cluster.kube.patch(API_VERSION, PLURAL, "speech", "meeting-zh",
+                       {"status": {"alertsSeen": [{"fingerprint": "aaaa", "startsAt": a["startsAt"]}]}},
+                       subresource="status")
+    status, body = await cluster.post(payload(a, b))
+    assert [r["action"] for r in body["results"]] == ["ignored", "annotated"]
+    assert cluster.alert_annotation()["fingerprint"] == "bbbb"  # type: ignore[index]
+
+
+def annotation_of(raw: dict[str, Any]) -> str:
+    from asr_operator.alert_webhook import annotation_value
+    return annotation_value(parse_payload(payload(raw))[0])
+
+
 async def test_several_alerts_for_one_rollout_annotate_the_earliest(cluster: Cluster) -> None:
     later = alert(fingerprint="later", starts_at="2026-01-01T10:05:00Z", alertname="ASRCanaryHighLatency")
     earlier = alert(fingerprint="earlier", starts_at="2026-01-01T10:00:00Z")
@@ -229,12 +277,9 @@ async def test_api_outage_answers_5xx_so_alertmanager_retries() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    kubernetes_config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{closed_port}")
-    kubernetes_config.retries = 0
-    access = KubernetesRolloutAccess(kubernetes.client.ApiClient(kubernetes_config))
-    runner = await start_alert_webhook(0, TOKEN, access.get_rollout, access.patch_annotation, host="127.0.0.1")
+    runner, url = await _serve_webhook(TOKEN, f"http://127.0.0.1:{closed_port}")
     try:
-        host, port = runner.addresses[0][:2]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://{host}:{port}/alerts", json=payload(alert()),
                                     headers={"Authorization": f"Bearer {TOKEN}"}) as rsp:

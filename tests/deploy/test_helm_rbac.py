@@ -16,6 +16,7 @@ The emulator has no Deployment controller: the test plays it, setting `status.re
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ from tests.deploy.operator_run import (
 from tests.support.kube import KubeClient, wait_for
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+
+def _now() -> str:
+    """An Alertmanager startsAt for an alert starting now."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def operator_grants(log: list[LoggedRequest], test_requests: set[int]) -> set[Grant]:
@@ -97,8 +103,10 @@ def tell_the_story(story: Story) -> None:
              context=story.operator.log_tail)
     # 4. An alert within the post-promotion window, through the operator's own webhook.
     wait_for(lambda: requests.get(f"{story.webhook_url}/healthz", timeout=2).ok, 20, "the alert webhook")
-    alert = {"status": "firing", "fingerprint": "f00d", "startsAt": "2026-01-01T10:00:00Z",
-             "labels": {"alertname": "ASRStableHighErrorRate", "namespace": NAMESPACE, "rollout": "meeting-zh"},
+    # startsAt: now (an alert that started before the promotion never reverts it)
+    alert = {"status": "firing", "fingerprint": "f00d", "startsAt": _now(),
+             "labels": {"alertname": "ASRStableHighErrorRate", "namespace": NAMESPACE, "rollout": "meeting-zh",
+                        "track": "stable"},
              "annotations": {"summary": "stable error rate"}}
     response = requests.post(f"{story.webhook_url}/alerts", json={"version": "4", "alerts": [alert]},
                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
@@ -121,8 +129,9 @@ def tell_the_story(story: Story) -> None:
              .get("asr.rollout.dev/track") == "stable", 40, "the operator to put the Service back",
              context=story.operator.log_tail)
     # A canary alert rolls the running canary back.
-    alert = dict(alert, fingerprint="beef", startsAt="2026-01-01T11:00:00Z",
-                 labels={"alertname": "ASRCanaryHighErrorRate", "namespace": NAMESPACE, "rollout": "call-center"})
+    alert = dict(alert, fingerprint="beef", startsAt=_now(),
+                 labels={"alertname": "ASRCanaryHighErrorRate", "namespace": NAMESPACE, "rollout": "call-center",
+                         "track": "canary"})
     response = requests.post(f"{story.webhook_url}/alerts", json={"version": "4", "alerts": [alert]},
                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert response.json()["results"][0]["action"] == "annotated", response.text

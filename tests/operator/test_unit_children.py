@@ -43,7 +43,7 @@ def test_configmap_holds_the_model_config_the_server_reads() -> None:
 
 
 def test_deployment_per_contract() -> None:
-    deployment = children.deployment("speech", "meeting-zh", "stable", 3, "v2", spec(), OWNER)
+    deployment = children.deployment("speech", "meeting-zh", "stable", 3, "v2", spec().template, OWNER)
     assert deployment["metadata"]["name"] == "meeting-zh-stable"
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -72,8 +72,8 @@ def test_deployment_per_contract() -> None:
 
 def test_a_version_change_never_touches_the_pod_template() -> None:
     """Promotion is a ConfigMap change the server hot-reloads: the template must not move."""
-    a = children.deployment("speech", "meeting-zh", "stable", 3, "v1", spec(), OWNER)
-    b = children.deployment("speech", "meeting-zh", "stable", 3, "v2", spec(), OWNER)
+    a = children.deployment("speech", "meeting-zh", "stable", 3, "v1", spec().template, OWNER)
+    b = children.deployment("speech", "meeting-zh", "stable", 3, "v2", spec().template, OWNER)
     assert a["spec"]["template"] == b["spec"]["template"]
     assert a["metadata"]["labels"]["asr.rollout.dev/version"] == "v1"
     assert b["metadata"]["labels"]["asr.rollout.dev/version"] == "v2"
@@ -88,7 +88,7 @@ def test_services() -> None:
 
 
 def test_contains_ignores_server_defaults_but_sees_edits() -> None:
-    desired = children.deployment("speech", "meeting-zh", "stable", 3, "v2", spec(), OWNER)
+    desired = children.deployment("speech", "meeting-zh", "stable", 3, "v2", spec().template, OWNER)
     live = yaml.safe_load(yaml.safe_dump(desired))
     live["metadata"]["resourceVersion"] = "7"
     live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"

@@ -76,3 +76,8 @@ def test_bad_requests_say_what_to_do(api: EmulatorServer, kube: KubeClient, kube
     assert "ASRModelRollout cli/missing not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["rollback", "strict", "-n", NS])  # --to is required
+
+
+def test_status_says_what_the_canary_changes() -> None:
+    text = cli.format_status({**rollout("r"), "status": {**STATUS, "canaryChanges": ["model v1 -> v2", "image a -> b"]}})
+    assert "model v1 -> v2; image a -> b" in text

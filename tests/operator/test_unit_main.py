@@ -40,3 +40,12 @@ def test_help_runs_without_a_cluster() -> None:
     result = subprocess.run([sys.executable, "-m", "asr_operator", "--help"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=60, env={"PYTHONPATH": str(REPO_ROOT / "operator"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0 and "--disable-scanning" in result.stdout
+
+
+def test_the_event_handler_runs_on_the_event_loop() -> None:
+    """kopf runs a sync handler in a worker thread, where asyncio.Event.set() (waking a rollout's
+    daemon) is not thread-safe: `poke` must be a coroutine function."""
+    import asyncio
+
+    from asr_operator import handlers
+    assert asyncio.iscoroutinefunction(handlers.poke)

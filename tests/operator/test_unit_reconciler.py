@@ -6,15 +6,19 @@ tests/operator/test_operator_*.py); everything Kubernetes is the emulator, throu
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import kopf
 import pytest
 
+from asr_operator.alert_webhook import start_alert_webhook
 from asr_operator.analysis.prometheus_source import MetricSource, Sample, SourcePool
 from asr_operator.kube import KubeApi
-from asr_operator.reconciler import Reconciler
+from asr_operator.reconciler import Reconciler, deployment_state
 from asr_sandbox.kube_emulator import EmulatorServer
 from tests.support.kube import KubeClient
 
@@ -55,7 +59,7 @@ def manifest(ns: str, name: str, version: str, **spec: Any) -> dict[str, Any]:
         "server": {"image": "asr:0.1", "replicas": 2},
         "traffic": {"gatewayAPI": {"httpRoute": f"{name}-route"}},
         "strategy": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1h"}}]},
-        "analysis": {"prometheus": {"address": "http://prometheus.invalid:9090"}, "interval": "1s",
+        "analysis": {"prometheus": {"address": "http://prometheus.invalid:9090"}, "interval": "1s", "window": "1s",
                      "failureLimit": 1, "metrics": [{"name": "error-rate", "max": 0.05}]},
     }
     body.update(spec)
@@ -78,7 +82,9 @@ async def reconciler(api: EmulatorServer) -> AsyncIterator[tuple[Reconciler, Met
 
 
 def ready(kube: KubeClient, ns: str, name: str, track: str, count: int) -> None:
-    kube.patch("apps/v1", "deployments", ns, f"{name}-{track}", {"status": {"readyReplicas": count}},
+    """What a Deployment controller reports once `count` pods of the current template are ready."""
+    kube.patch("apps/v1", "deployments", ns, f"{name}-{track}",
+               {"status": {"readyReplicas": count, "updatedReplicas": count, "replicas": count}},
                subresource="status")
 
 
@@ -212,3 +218,138 @@ def test_status_patches_delete_what_the_new_status_dropped() -> None:
     assert _as_patch(old, new) == {"phase": "Succeeded", "stableModel": {"version": "v2", "sha256": None},
                                    "canaryVersion": None}
     assert _as_patch(new, new) == {}
+
+
+@pytest.mark.parametrize("status,ready", [
+    ({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 1, "replicas": 3}, False),  # rolling update
+    ({"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2, "replicas": 2}, False),  # template unseen
+    ({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2, "replicas": 2}, True),
+    ({"observedGeneration": 3, "readyReplicas": 3, "updatedReplicas": 2, "replicas": 3}, True),  # 1 old pod leaving
+    ({"observedGeneration": 3}, False),  # zero counts are left out of status by the API server
+])
+def test_stable_readiness_counts_only_pods_of_the_current_template(status: dict[str, Any], ready: bool) -> None:
+    live = {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": status}
+    state = deployment_state(live)
+    assert state is not None and state.ready_for(2) is ready
+
+
+# --- alerts: the annotation is removed only while it holds what was acted on ----------------
+
+ALERT = "asr.rollout.dev/alert"
+
+
+def alertmanager_time(moment: datetime.datetime) -> str:
+    """startsAt as Alertmanager 0.25 writes it (Go's RFC3339Nano)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}123Z"
+
+
+def firing(fingerprint: str, starts_at: str, rollout: str, namespace: str, track: str = "canary") -> dict[str, Any]:
+    return {"status": "firing",
+            "labels": {"alertname": f"ASRCanary{fingerprint}", "namespace": namespace, "rollout": rollout,
+                       "severity": "critical", "track": track},
+            "annotations": {"summary": f"{fingerprint} over its bound"},
+            "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus:9090/graph?g0.expr=x", "fingerprint": fingerprint}
+
+
+def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
+    """A webhook notification in the shape Alertmanager 0.25 sends (version 4, one group)."""
+    return {"receiver": "asr-rollout", "status": "firing", "alerts": list(alerts),
+            "groupLabels": {"alertname": "ASRCanary"}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093", "version": "4",
+            "groupKey": '{}:{alertname="ASRCanary"}', "truncatedAlerts": 0}
+
+
+class WebhookInBetween(KubeApi):
+    """The alert webhook writes a second alert right after the tick wrote status, i.e. between
+    the tick's read of the first alert and its removal."""
+
+    pending: str | None = None
+
+    async def patch_rollout_status(self, namespace: str, name: str, status: Any) -> None:
+        await super().patch_rollout_status(namespace, name, status)
+        if self.pending is not None:
+            value, self.pending = self.pending, None
+            await self.set_annotations(namespace, name, {ALERT: value})
+
+
+async def test_an_alert_written_while_the_tick_acts_on_another_is_kept(api: EmulatorServer, kube: KubeClient) -> None:
+    """Old code removed the annotation unconditionally: the second alert was lost."""
+    client = WebhookInBetween(kopf.ConnectionInfo(server=api.url))
+    rec = Reconciler(client, Pool(Metrics()), drift_check_seconds=0.0)
+    try:
+        ns, name = "rec-alert-race", "race"
+        kube.create(route(ns, name))
+        kube.create(manifest(ns, name, "v1"))
+        await rec.settle(ns, name)
+        ready(kube, ns, name, "stable", 2)
+        await rec.settle(ns, name)
+        first = json.dumps({"alertname": "A", "fingerprint": "a", "startsAt": "2026-01-01T10:00:00Z", "summary": ""})
+        second = json.dumps({"alertname": "B", "fingerprint": "b", "startsAt": "2026-01-01T10:00:05Z", "summary": ""})
+        kube.annotate_rollout(ns, name, {ALERT: first})
+        client.pending = second
+        await rec.tick(ns, name)
+        rollout = kube.rollout(ns, name)
+        assert rollout["status"]["lastAlert"]["fingerprint"] == "a"
+        assert rollout["metadata"]["annotations"][ALERT] == second  # kept for the next tick
+        await rec.tick(ns, name)
+        rollout = kube.rollout(ns, name)
+        assert rollout["status"]["lastAlert"]["fingerprint"] == "b"
+        assert ALERT not in (rollout["metadata"].get("annotations") or {})
+    finally:
+        await client.close()
+
+
+async def test_two_alerts_interleaved_across_two_canaries_through_the_webhook(
+        kube: KubeClient, reconciler: tuple[Reconciler, Metrics]) -> None:
+    """The real webhook and the real reconciler, Alertmanager 0.25 notifications: A rolls back
+    canary v2, B arrives after, then Alertmanager repeats A and B in every notification. Old
+    code: A's repeat (not the last alert) was written again and rolled back the next canary."""
+    rec, _ = reconciler
+    ns, name = "rec-alerts", "alerts"
+    runner = await start_alert_webhook(0, "t0ken", rec.api.get_rollout, rec.api.set_annotation, host="127.0.0.1")
+    host, port = runner.addresses[0][:2]
+
+    async def notify(*alerts: dict[str, Any]) -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://{host}:{port}/alerts", json=notification(*alerts),
+                                    headers={"Authorization": "Bearer t0ken"}) as response:
+                assert response.status == 200
+                return [result["action"] for result in (await response.json())["results"]]
+
+    async def canary(version: str) -> None:
+        kube.patch(*RO, ns, name, {"spec": {"model": {"version": version, "path": f"paraformer-tiny/{version}"}}})
+        await rec.settle(ns, name)
+        ready(kube, ns, name, "canary", 2)
+        await rec.settle(ns, name)
+        assert weights(kube, ns, name)["canary"] == 20
+
+    try:
+        kube.create(route(ns, name))
+        kube.create(manifest(ns, name, "v1"))
+        await rec.settle(ns, name)
+        ready(kube, ns, name, "stable", 2)
+        await rec.settle(ns, name)
+        await canary("v2")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        a = firing("aaaa1111", alertmanager_time(now + datetime.timedelta(seconds=1)), name, ns)
+        b = firing("bbbb2222", alertmanager_time(now + datetime.timedelta(seconds=2)), name, ns)
+        assert await notify(a) == ["annotated"]
+        await rec.settle(ns, name)
+        await rec.settle(ns, name)
+        assert kube.rollout(ns, name)["status"]["phase"] == "RolledBack"
+        assert await notify(a, b) == ["ignored", "annotated"]  # A is a repeat; B goes out
+        await rec.settle(ns, name)
+        assert kube.rollout(ns, name)["status"]["lastAlert"]["fingerprint"] == "bbbb2222"
+
+        await canary("v3")
+        for _ in range(3):  # repeat_interval: both again, in either order
+            assert await notify(b, a) == ["ignored", "ignored"]
+            await rec.settle(ns, name)
+        status = kube.rollout(ns, name)["status"]
+        assert status["phase"] == "Progressing" and status["canaryVersion"] == "v3", status
+        assert ALERT not in (kube.rollout(ns, name)["metadata"].get("annotations") or {})
+        rolled_back = [e for e in kube.list("v1", "events", ns) if e["reason"] == "RollingBack"]
+        assert len(rolled_back) == 1
+    finally:
+        await runner.cleanup()

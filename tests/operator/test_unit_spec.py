@@ -150,3 +150,12 @@ def test_go_durations(text: str, seconds: float) -> None:
 def test_bad_durations_say_how_to_write_one(text: str) -> None:
     with pytest.raises(ValueError, match="write e.g. 30s, 1m, 1h30m"):
         parse_duration(text)
+
+
+def test_limit_actions_default_to_pause_and_take_rollback() -> None:
+    spec = parse_spec(base())
+    assert spec.analysis is not None
+    assert (spec.analysis.on_inconclusive, spec.analysis.on_error) == ("pause", "pause")
+    chosen = parse_spec(with_("analysis.onInconclusive", "rollback"))
+    assert chosen.analysis is not None and chosen.analysis.on_inconclusive == "rollback"
+    assert "spec.analysis.onError: 'ignore' is not one of pause, rollback" in problems(with_("analysis.onError", "ignore"))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from asr_operator.analysis.verdict import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, Measurement
-from asr_operator.spec import InvalidSpec, ModelRef, RolloutSpec, parse_spec
+from asr_operator.spec import InvalidSpec, ModelRef, PodTemplate, RolloutSpec, parse_spec
 from asr_operator.state_machine import (
     AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment, Observations, SetWeight,
     decide, wants,
@@ -52,7 +52,8 @@ def rollout_spec(version: str = "v1", steps: list[dict[str, Any]] | None = None,
     }
     if analysis:
         spec["analysis"] = {"prometheus": {"address": "http://prometheus:9090"}, "interval": "30s",
-                            "failureLimit": 2, "inconclusiveLimit": 3, "errorLimit": 3, "minRequests": 20,
+                            "window": "30s", "failureLimit": 2, "inconclusiveLimit": 3, "errorLimit": 3,
+                            "minRequests": 20,
                             "metrics": [{"name": "error-rate", "max": 0.01},
                                         {"name": "p99-latency-seconds", "max": 2.0}],
                             **analysis_overrides}
@@ -75,6 +76,9 @@ class World:
     generation: int = 1
     decisions: list[Decision] = field(default_factory=list)
     weights_seen: list[int] = field(default_factory=list)
+    templates: dict[str, PodTemplate] = field(default_factory=dict)  # each Deployment's pod template
+    broken: set[tuple[str, str]] = field(default_factory=set)  # (track, image) whose new pods never get ready
+    old_pods: dict[str, int] = field(default_factory=dict)  # ready pods of a previous template, per track
 
     def spec(self) -> RolloutSpec | InvalidSpec:
         try:
@@ -111,7 +115,10 @@ class World:
     def _deployment(self, track: str) -> DeploymentState | None:
         if track not in self.replicas:
             return None
-        return DeploymentState(replicas=self.replicas[track], ready=self.ready.get(track, 0))
+        old = self.old_pods.get(track, 0)
+        # a Deployment controller's counts: readyReplicas includes old-template pods
+        return DeploymentState(replicas=self.replicas[track], ready=self.ready.get(track, 0) + old,
+                               updated=self.replicas[track], total=self.replicas[track] + old)
 
     def decide(self, analysis: Analysis | None = GOOD) -> Decision:
         return decide(self.spec(), self.status, self.observe(analysis), self.now)
@@ -130,9 +137,18 @@ class World:
                 elif isinstance(action, EnsureConfigMap):
                     self.configmaps[action.track] = action.model
                 elif isinstance(action, EnsureDeployment):
-                    self.replicas[action.track] = action.replicas
-                    if self.pods_start:
-                        self.ready[action.track] = action.replicas
+                    track = action.track
+                    previous = self.templates.get(track)
+                    self.replicas[track] = action.replicas
+                    self.templates[track] = action.template
+                    if (track, action.template.image) in self.broken:
+                        if previous is not None and previous != action.template:
+                            # a rolling update that never completes: the old pods keep running
+                            self.old_pods[track] = self.ready.get(track, 0) or self.old_pods.get(track, 0)
+                        self.ready[track] = 0
+                    elif self.pods_start:
+                        self.ready[track] = action.replicas
+                        self.old_pods.pop(track, None)
             if status:
                 for key in decision.remove_after:
                     self.annotations.pop(key, None)
@@ -158,6 +174,11 @@ class World:
     @property
     def phase(self) -> str:
         return str(self.status.get("phase"))
+
+    def set_server(self, **server: Any) -> None:
+        self.raw_spec = copy.deepcopy(self.raw_spec)
+        self.raw_spec["server"] = {**self.raw_spec["server"], **server}
+        self.generation += 1
 
     def set_spec_version(self, version: str) -> None:
         self.raw_spec = copy.deepcopy(self.raw_spec)
@@ -348,24 +369,77 @@ def test_canary_never_ready_rolls_back_at_the_progress_deadline() -> None:
 
 # --- no data, no promotion ----------------------------------------------------------------
 
-def test_inconclusive_pauses_and_never_promotes() -> None:
+def test_inconclusive_pauses_at_weight_zero_and_never_promotes() -> None:
     world = canary_world()
     world.run(lambda w: w.phase == "Paused", analysis=QUIET)
     assert condition(world, "Paused")["reason"] == "InconclusiveLimit"
     assert world.status["counters"]["inconclusive"] == 3
+    assert world.weight == 0 and world.status["canaryWeight"] == 0  # no unjudged canary with traffic
     for _ in range(50):
         world.tick(30, QUIET)
-    assert world.phase == "Paused" and world.status["stableVersion"] == "v1"
+    assert world.phase == "Paused" and world.status["stableVersion"] == "v1" and world.weight == 0
     assert world.configmaps["stable"].version == "v1"
 
 
-def test_prometheus_down_pauses_and_never_promotes() -> None:
+def test_prometheus_down_pauses_at_weight_zero_and_never_promotes() -> None:
     world = canary_world()
     world.run(lambda w: w.phase == "Paused", analysis=DOWN)
     assert condition(world, "Paused")["reason"] == "AnalysisErrors"
+    assert world.weight == 0 and "weight 10% -> 0" in world.status["message"]
     for _ in range(50):
         world.tick(30, DOWN)
-    assert world.phase == "Paused" and world.configmaps["stable"].version == "v1"
+    assert world.phase == "Paused" and world.configmaps["stable"].version == "v1" and world.weight == 0
+
+
+@pytest.mark.parametrize("limit,analysis,reason", [
+    ("onInconclusive", QUIET, "InconclusiveLimit"), ("onError", DOWN, "AnalysisErrors")])
+def test_the_spec_may_choose_rollback_over_a_pause(limit: str, analysis: Analysis, reason: str) -> None:
+    world = canary_world(**{limit: "rollback"})
+    world.run(lambda w: w.phase == "RolledBack", analysis=analysis)
+    assert condition(world, "Progressing")["reason"] == reason
+    assert f"spec.analysis.{limit}: rollback" in condition(world, "Progressing")["message"]
+    assert "Paused" not in [d.status.get("phase") for d in world.decisions]
+    assert world.weight == 0 and world.status.get("failedVersion") == "v2"
+
+
+def test_resume_restores_the_step_weight_and_judges_it_again_from_a_fresh_analysis() -> None:
+    world = canary_world(steps=[{"setWeight": 25}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused", analysis=DOWN)
+    assert world.weight == 0
+    world.annotations["asr.rollout.dev/retry"] = "true"
+    world.tick(0, GOOD)
+    assert world.phase == "Progressing" and world.weight == 25
+    assert "25% restored" in world.status["message"]
+    world.tick(10, GOOD)  # too early for an analysis taken entirely at 25%
+    assert world.weight == 25 and world.status["currentStep"] == 1
+    world.run(lambda w: w.weight == 100, analysis=GOOD)
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_manual_pause_reaching_the_inconclusive_limit_drops_to_weight_zero() -> None:
+    """A `pause: {}` step waits for a person, but its canary is still judged: once it cannot be
+    (old code: paused with 20% forever, unobserved), it holds weight 0 like any analysis pause."""
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused")
+    assert condition(world, "Paused")["reason"] == "ManualPause" and world.weight == 20
+    world.run(lambda w: condition(w, "Paused")["reason"] == "InconclusiveLimit", analysis=QUIET, step=30)
+    assert world.phase == "Paused" and world.weight == 0
+    world.annotations["asr.rollout.dev/promote"] = "true"  # resumes the analysis pause, weight back
+    world.tick(0)
+    assert world.weight == 20 and world.phase == "Progressing"
+    world.run(lambda w: w.phase == "Paused")  # judged again, then back to the person's pause
+    assert condition(world, "Paused")["reason"] == "ManualPause" and world.weight == 20
+    world.annotations["asr.rollout.dev/promote"] = "true"
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_manual_pause_is_entered_only_with_a_judged_canary() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    for _ in range(2):
+        world.tick(30, QUIET)
+    assert world.phase == "Progressing" and world.status["currentStep"] == 1 and world.weight == 20
+    world.run(lambda w: w.phase == "Paused")
+    assert world.status["analysis"]["outcome"] == "Successful"
 
 
 def test_missing_measurements_never_open_the_gate() -> None:
@@ -378,10 +452,35 @@ def test_missing_measurements_never_open_the_gate() -> None:
 
 def test_a_pass_measured_before_the_last_weight_change_does_not_count() -> None:
     world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 100}])
-    world.tick()
-    decision = world.tick(0)
-    assert world.status["canaryWeight"] == 100
+    world.run(lambda w: w.status.get("canaryWeight") == 100)
+    decision = world.tick(0)  # the pass at 10% opened the way to 100%, not to promotion
     assert world.phase == "Progressing", decision.status
+
+
+@pytest.mark.parametrize("traffic", ["gatewayAPI", "replicaRatio"])
+def test_consecutive_set_weights_are_each_held_until_judged_at_that_weight(traffic: str) -> None:
+    """[10, 50, 100] without pauses: each weight is written, and left only after a Successful
+    analysis whose whole window lies at that weight (old code: 0 -> 100 in one tick)."""
+    world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}], traffic=traffic,
+                         window="1m")
+    runs: list[tuple[int, float]] = []  # (weight, seconds since it was set) per analysis
+
+    def judged() -> tuple[Measurement, ...]:
+        set_at = datetime.datetime.fromisoformat(str(world.status["weightSetAt"]).replace("Z", "+00:00"))
+        runs.append((int(world.status["canaryWeight"]), (world.now - set_at).total_seconds()))
+        return GOOD()
+
+    world.run(lambda w: w.phase == "Succeeded", analysis=judged)
+    assert [w for w in dict.fromkeys(world.weights_seen) if w] == [10, 50, 100]
+    assert {weight for weight, _ in runs} == {10, 50, 100}
+    assert all(since >= 60 for _, since in runs), runs  # each window (1m) entirely at its weight
+
+
+def test_a_weight_is_not_left_while_its_analysis_is_inconclusive() -> None:
+    world = canary_world(steps=[{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    for _ in range(2):  # under inconclusiveLimit (3)
+        world.tick(30, QUIET)
+    assert world.weight == 10 and world.status["currentStep"] == 1
 
 
 def test_first_analysis_at_a_new_weight_waits_one_interval_for_canary_traffic() -> None:
@@ -402,9 +501,9 @@ def test_first_analysis_at_a_new_weight_waits_one_interval_for_canary_traffic() 
     assert len(calls) == 1 and world.status["counters"]["inconclusive"] == 1, decision.status
 
 
-def test_paused_analysis_still_rolls_back_on_failures() -> None:
-    world = canary_world()
-    world.run(lambda w: w.phase == "Paused", analysis=QUIET)
+def test_a_manual_pause_still_rolls_back_on_failures() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}])
+    world.run(lambda w: w.phase == "Paused")
     world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
 
 
@@ -500,9 +599,13 @@ def test_rollback_to_during_a_canary_rolls_the_canary_back_first() -> None:
 
 # --- alerts -------------------------------------------------------------------------------
 
-def alert(fingerprint: str = "f1", starts: str = "2026-01-01T12:00:00Z") -> str:
-    return json.dumps({"alertname": "ASRCanaryHighErrorRate", "fingerprint": fingerprint,
-                       "startsAt": starts, "summary": "5xx over 5%"})
+def alert(fingerprint: str = "f1", starts: str = "2026-01-01T12:00:10Z", track: str | None = None) -> str:
+    """The annotation the webhook writes (startsAt by default: when canary_world's canary started)."""
+    body = {"alertname": "ASRCanaryHighErrorRate", "fingerprint": fingerprint, "startsAt": starts,
+            "summary": "5xx over 5%"}
+    if track is not None:
+        body["track"] = track
+    return json.dumps(body)
 
 
 def test_alert_during_a_canary_rolls_back_and_a_repeat_is_a_no_op() -> None:
@@ -524,7 +627,7 @@ def test_alert_during_a_canary_rolls_back_and_a_repeat_is_a_no_op() -> None:
 def test_alert_after_promotion_within_the_window_reverts_stable() -> None:
     world = canary_world(steps=[{"setWeight": 100}])
     world.run(lambda w: w.phase == "Succeeded")
-    world.annotations["asr.rollout.dev/alert"] = alert("f2")
+    world.annotations["asr.rollout.dev/alert"] = alert("f2", "2026-01-01T12:01:00Z")
     world.tick(60)
     assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
     assert history(world)[-1] == ("v2", "RolledBack")
@@ -544,14 +647,114 @@ def test_alert_outside_the_window_is_recorded_and_ignored() -> None:
 
 def test_a_new_firing_episode_of_the_same_alert_acts_again() -> None:
     world = canary_world(steps=[{"setWeight": 100}])
-    world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T11:00:00Z")
+    world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T12:00:20Z")
     world.run(lambda w: w.phase == "RolledBack")
-    assert world.status["lastAlert"] == json.loads(alert("f5", "2026-01-01T11:00:00Z"))
+    assert world.status["lastAlert"] == json.loads(alert("f5", "2026-01-01T12:00:20Z"))
     world.set_spec_version("v3")
     world.run(lambda w: w.phase == "Succeeded")
     world.annotations["asr.rollout.dev/alert"] = alert("f5", "2026-01-01T13:00:00Z")  # fires again later
     world.tick(10)
     assert world.phase == "RolledBack" and world.configmaps["stable"].version == "v1"
+
+
+def _alert_reasons(world: World) -> list[str]:
+    return [e.message for d in world.decisions for e in d.events if e.reason == "AlertReceived"]
+
+
+def test_two_alerts_interleaved_across_two_canaries_act_once_each() -> None:
+    """Alertmanager sends A, then B, then repeats A and B on every repeat_interval. Old code
+    compared a repeat only with the last alert: A's repeat rolled back the next, unrelated canary.
+    The startsAt values here are ahead of the operator's clock (Prometheus' clock may be), so
+    only remembering what was acted on stops the repeat."""
+    world = canary_world()
+    a = alert("A", "2026-01-01T18:00:00Z")
+    b = alert("B", "2026-01-01T18:00:05Z", track="canary")
+    world.annotations["asr.rollout.dev/alert"] = a
+    world.tick(10)
+    assert world.phase == "RollingBack" and "canary rolled back" in _alert_reasons(world)[-1]
+    world.annotations["asr.rollout.dev/alert"] = b
+    world.tick(10)
+    assert "recorded only: no canary running" in _alert_reasons(world)[-1]
+    world.set_spec_version("v3")
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    events = len(_alert_reasons(world))
+    for repeat in (a, b, a, b):
+        world.annotations["asr.rollout.dev/alert"] = repeat
+        world.tick(10)
+        assert world.phase == "Progressing" and "asr.rollout.dev/alert" not in world.annotations
+    assert len(_alert_reasons(world)) == events  # nothing acted, nothing announced
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.status["stableVersion"] == "v3"
+
+
+def test_alerts_remembered_are_bounded() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {}}])
+    world.raw_spec["rollback"] = {"onAlert": False}
+    for index in range(50):
+        world.annotations["asr.rollout.dev/alert"] = alert(f"f{index}")
+        world.tick(1)
+    assert len(world.status["alertsSeen"]) == 32
+    assert world.status["alertsSeen"][-1]["fingerprint"] == "f49"
+
+
+def test_an_alert_that_started_before_the_canary_never_rolls_it_back() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.annotations["asr.rollout.dev/alert"] = alert("old", "2026-01-01T11:59:00Z")
+    world.tick(5)
+    assert world.phase == "Progressing" and "before canary v2 started" in condition(world, "Alert")["message"]
+
+
+@pytest.mark.parametrize("track,acts", [("canary", True), ("", True), ("stable", False), ("gpu", False)])
+def test_alert_track_during_a_canary(track: str, acts: bool) -> None:
+    """Old code ignored the track: a stable-track alert rolled back an innocent canary."""
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.annotations["asr.rollout.dev/alert"] = alert("t", "2026-01-01T12:00:30Z", track=track or None)
+    world.tick(5)
+    assert (world.phase == "RollingBack") is acts
+    assert condition(world, "Alert")["status"] == "True"  # recorded either way
+    if not acts:
+        assert "recorded only" in condition(world, "Alert")["message"] and world.weight == 10
+
+
+@pytest.mark.parametrize("track,reverts", [("stable", True), ("", True), ("canary", False)])
+def test_alert_track_after_a_promotion(track: str, reverts: bool) -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("s", "2026-01-01T12:05:00Z", track=track or None)
+    world.tick(300)
+    assert (world.configmaps["stable"].version == "v1") is reverts
+    assert (world.phase == "RolledBack") is reverts
+
+
+def test_a_stable_alert_outside_the_window_is_recorded_and_changes_nothing() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("s", "2026-01-01T12:20:00Z", track="stable")
+    decision = world.tick(1200)
+    assert world.phase == "Succeeded" and world.configmaps["stable"].version == "v2"
+    assert [e.reason for e in decision.events] == ["AlertReceived"] and condition(world, "Alert")["status"] == "True"
+
+
+def test_a_stable_alert_that_started_before_the_promotion_does_not_revert_it() -> None:
+    world = canary_world(steps=[{"setWeight": 100}])
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("s", "2026-01-01T12:00:11Z", track="stable")
+    world.tick(60)
+    assert world.phase == "Succeeded" and "before the promotion" in condition(world, "Alert")["message"]
+
+
+def test_alert_and_healthy_of_a_finished_rollback_do_not_linger_on_the_next_canary() -> None:
+    world = canary_world()
+    world.annotations["asr.rollout.dev/alert"] = alert()
+    world.run(lambda w: w.phase == "RolledBack")
+    assert condition(world, "Alert")["status"] == "True" and condition(world, "Healthy")["status"] == "False"
+    world.set_spec_version("v3")
+    world.tick()
+    assert world.phase == "Progressing"
+    assert condition(world, "Alert")["status"] == "False"
+    assert (condition(world, "Healthy")["status"], condition(world, "Healthy")["reason"]) == ("Unknown", "NotJudgedYet")
 
 
 def test_a_garbled_alert_annotation_is_ignored_and_removed() -> None:
@@ -676,6 +879,145 @@ def test_observed_generation_follows_the_resource() -> None:
     world.set_spec_version("v2")
     world.tick()
     assert world.status["observedGeneration"] == world.generation
+
+
+# --- every change canaried: the revision is model + pod template -------------------------
+
+def test_an_image_change_is_canaried_and_stable_keeps_its_template_until_promotion() -> None:
+    """Old code: the new image went straight to every stable pod, unjudged."""
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(image="asr:0.2")
+    decision = world.tick()
+    assert world.phase == "Progressing" and world.status["canaryVersion"] == "v1"
+    assert world.status["canaryChanges"] == ["image asr:0.1 -> asr:0.2"]
+    assert world.templates["stable"].image == "asr:0.1" and world.templates["canary"].image == "asr:0.2"
+    started = [e.message for e in decision.events if e.reason == "CanaryStarted"]
+    assert started and "image asr:0.1 -> asr:0.2" in started[0]
+    world.run(lambda w: w.phase == "Promoting")
+    assert world.templates["stable"].image == "asr:0.2"  # promotion: stable pods replaced (rolling update)
+    assert "rolling update" in world.status["message"]
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.status["stableTemplate"]["image"] == "asr:0.2" and world.templates["canary"].image == "asr:0.2"
+    last = world.status["history"][-1]
+    assert (last["outcome"], last["changes"], last["template"]["image"]) == ("Promoted", ["image asr:0.1 -> asr:0.2"],
+                                                                              "asr:0.2")
+
+
+@pytest.mark.parametrize("server,changes", [
+    ({"resources": {"limits": {"nvidia.com/gpu": 1}}}, ["resources"]),
+    ({"env": [{"name": "ASR_LOAD_NICE", "value": "5"}]}, ["env"]),
+    ({"image": "asr:0.3", "env": [{"name": "X", "value": "1"}]}, ["image asr:0.1 -> asr:0.3", "env"]),
+])
+def test_every_pod_template_change_is_canaried_and_named(server: dict[str, Any], changes: list[str]) -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(**server)
+    world.tick()
+    assert world.phase == "Progressing" and world.status["canaryChanges"] == changes
+    assert world.templates["stable"] == PodTemplate.from_status(world.decisions[0].status["stableTemplate"])
+
+
+def test_scaling_is_not_a_revision() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(replicas=4)
+    world.tick()
+    assert world.phase == "Succeeded" and world.replicas["stable"] == 4
+
+
+def test_a_model_and_image_change_together_is_one_canary_naming_both() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_spec_version("v2")
+    world.set_server(image="asr:0.2")
+    world.tick()
+    assert world.status["canaryChanges"] == ["model v1 -> v2", "image asr:0.1 -> asr:0.2"]
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.configmaps["stable"].version == "v2" and world.templates["stable"].image == "asr:0.2"
+
+
+def test_a_bad_image_is_rolled_back_by_its_analysis_and_never_reaches_stable() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(image="asr:bad")
+    world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
+    assert world.templates["stable"].image == "asr:0.1" and world.templates["canary"].image == "asr:0.1"
+    assert world.status["history"][-1]["changes"] == ["image asr:0.1 -> asr:bad"]
+    for _ in range(5):  # the failed revision is not retried by itself
+        world.tick(30)
+    assert world.phase == "RolledBack" and world.templates["stable"].image == "asr:0.1"
+
+
+def test_stable_readiness_counts_only_pods_of_the_current_template() -> None:
+    """Promotion of a new template: the old pods stay ready while the new ones never do. Old
+    code counted readyReplicas (old pods included) and called the promotion done."""
+    world = settled(World(rollout_spec("v1", steps=[{"setWeight": 100}])))
+    world.broken.add(("stable", "asr:0.2"))
+    world.set_server(image="asr:0.2")
+    world.run(lambda w: w.phase == "Promoting")
+    for _ in range(5):
+        world.tick(10)
+    assert world.phase == "Promoting"
+    assert world.observe(None).stable == DeploymentState(replicas=2, ready=2, updated=2, total=4)
+    world.run(lambda w: w.phase in ("RolledBack", "RollingBack"), step=30)
+    assert condition(world, "Progressing")["reason"] == "PromotionTimedOut"
+    assert world.templates["stable"].image == "asr:0.1"  # stable back on its own template
+
+
+def test_deployment_state_counts_ready_pods_of_the_current_template() -> None:
+    rolling = DeploymentState(replicas=2, ready=2, updated=1, total=3)  # 1 new pod (unready), 2 old ready
+    assert rolling.current_ready == 0 and not rolling.ready_for(1)
+    assert DeploymentState(replicas=2, ready=3, updated=2, total=3).ready_for(2)  # 2 new ready, 1 old leaving
+    assert not DeploymentState(replicas=2, ready=2, updated=2, total=2, up_to_date=False).ready_for(2)
+
+
+def test_the_first_version_is_the_only_unjudged_revision() -> None:
+    world = World(rollout_spec("v1"), pods_start=False)
+    world.tick()
+    world.set_server(image="asr:0.2")  # still starting: no stable to compare with
+    world.tick()
+    assert world.phase == "Pending" and world.templates["stable"].image == "asr:0.2"
+    world.pods_start = True
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.status["history"][-1]["template"]["image"] == "asr:0.2"
+
+
+def test_a_template_change_mid_canary_replaces_the_canary_pods_instead_of_reloading() -> None:
+    world = canary_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.set_server(image="asr:0.2")
+    world.tick()
+    assert world.status["canaryVersion"] == "v2" and world.status.get("canaryReloading") is None
+    assert world.templates["canary"].image == "asr:0.2" and world.templates["stable"].image == "asr:0.1"
+    assert world.status["canaryChanges"] == ["model v1 -> v2", "image asr:0.1 -> asr:0.2"]
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_spec_back_to_the_stable_template_mid_canary_withdraws_it() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.set_server(image="asr:0.2")
+    world.run(lambda w: w.status.get("canaryWeight") == 10)
+    world.set_server(image="asr:0.1")
+    world.run(lambda w: w.phase == "Succeeded")
+    assert world.templates["canary"].image == "asr:0.1" and world.status.get("failedVersion") is None
+
+
+def test_an_alert_after_a_template_promotion_reverts_the_template() -> None:
+    world = settled(World(rollout_spec("v1", steps=[{"setWeight": 100}])))
+    world.set_server(image="asr:0.2")
+    world.tick()
+    world.run(lambda w: w.phase == "Succeeded")
+    world.annotations["asr.rollout.dev/alert"] = alert("f9", "2026-01-01T13:00:00Z")
+    world.tick(60)
+    assert world.phase == "RolledBack" and world.templates["stable"].image == "asr:0.1"
+    assert world.status["stableTemplate"]["image"] == "asr:0.1"
+    for _ in range(3):  # the spec still names asr:0.2: not rolled forward again by itself
+        world.tick(30)
+    assert world.templates["stable"].image == "asr:0.1"
+
+
+def test_a_status_from_before_templates_were_recorded_starts_no_canary() -> None:
+    """An operator upgrade: status has no stableTemplate; the spec's template is adopted."""
+    world = settled(World(rollout_spec("v1")))
+    world.status.pop("stableTemplate")
+    world.tick(30)
+    assert world.phase == "Succeeded" and world.status["stableTemplate"]["image"] == "asr:0.1"
 
 
 # --- replica ratio ------------------------------------------------------------------------

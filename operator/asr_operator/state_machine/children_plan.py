@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..spec import ModelRef, RolloutSpec
+from ..spec import ModelRef, PodTemplate, RolloutSpec
 from ..traffic.replica_ratio import split_replicas
 from .decision import Action, EnsureConfigMap, EnsureDeployment, EnsureServices, SetWeight
 from .phases import CANARY_PHASES, PROMOTING
@@ -34,6 +34,9 @@ def desired_children(spec: RolloutSpec, s: Mapping[str, Any]) -> tuple[Action, .
     if stable is None:
         return ()
     canary = ModelRef.from_status(s.get("canaryModel")) or stable
+    # Each track runs its own revision's pod template; the idle canary Deployment keeps stable's.
+    stable_template = PodTemplate.from_status(s.get("stableTemplate")) or spec.template
+    canary_template = PodTemplate.from_status(s.get("canaryTemplate")) or stable_template
     stable_replicas, canary_replicas = desired_replicas(spec, s)
     weight = int(s.get("canaryWeight") or 0) if s.get("phase") in (*CANARY_PHASES, PROMOTING) else 0
     return (
@@ -41,6 +44,6 @@ def desired_children(spec: RolloutSpec, s: Mapping[str, Any]) -> tuple[Action, .
         SetWeight(weight),
         EnsureConfigMap("stable", stable),
         EnsureConfigMap("canary", canary),
-        EnsureDeployment("stable", stable_replicas, stable.version),
-        EnsureDeployment("canary", canary_replicas, canary.version),
+        EnsureDeployment("stable", stable_replicas, stable.version, stable_template),
+        EnsureDeployment("canary", canary_replicas, canary.version, canary_template),
     )

@@ -8,10 +8,11 @@ from typing import Any
 from ..durations import format_time
 
 
-def set_condition(status: dict[str, Any], kind: str, value: bool, reason: str, message: str,
+def set_condition(status: dict[str, Any], kind: str, value: bool | None, reason: str, message: str,
                   now: datetime.datetime) -> None:
+    """`value` None: Unknown (e.g. Healthy before a new canary's first analysis)."""
     conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
-    text = "True" if value else "False"
+    text = "Unknown" if value is None else "True" if value else "False"
     for condition in conditions:
         if condition.get("type") == kind:
             if condition.get("status") != text:

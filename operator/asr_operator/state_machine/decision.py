@@ -2,10 +2,10 @@
 annotations to remove, and when to look again."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..spec import ModelRef
+from ..spec import ModelRef, PodTemplate
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class EnsureDeployment:
     track: str
     replicas: int
     version: str
+    template: PodTemplate = field(hash=False)  # compared, not hashed (its mappings are dicts)
 
 
 @dataclass(frozen=True)

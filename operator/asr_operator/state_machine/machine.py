@@ -38,6 +38,7 @@ def decide(spec: RolloutSpec | InvalidSpec, status: Mapping[str, Any] | None, ob
         return _invalid(spec, status, obs, now)
 
     tick = Tick(spec, status, obs, now)
+    tick.adopt_templates()
     if obs.generation is not None:
         tick.s["observedGeneration"] = obs.generation
     if (condition_of(tick.s, "InvalidSpec") or {}).get("status") == "True":
@@ -87,7 +88,7 @@ def _common_status(tick: Tick) -> None:
     stable = tick.obs.stable
     ready = stable is not None and stable.ready_for(min(1, tick.spec.server.replicas))
     set_condition(s, "Available", ready, "StableReady" if ready else "StableNotReady",
-                  f"stable pods ready: {stable.ready if stable else 0}/{tick.spec.server.replicas}", tick.now)
+                  f"stable pods ready: {stable.current_ready if stable else 0}/{tick.spec.server.replicas}", tick.now)
     if tick.spec.traffic.provider == "replicaRatio":
         weight = int(s.get("canaryWeight") or 0)
         s["weightApproximate"] = True

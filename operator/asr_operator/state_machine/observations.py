@@ -11,11 +11,22 @@ from ..spec import ModelRef
 @dataclass(frozen=True)
 class DeploymentState:
     replicas: int  # spec.replicas the live object asks for
-    ready: int  # status.readyReplicas
-    up_to_date: bool = True  # the Deployment controller has seen the latest spec
+    ready: int  # status.readyReplicas: pods of every template, old ones included
+    up_to_date: bool = True  # the Deployment controller has seen the latest spec (observedGeneration)
+    updated: int | None = None  # status.updatedReplicas: pods of the current template (None: all are)
+    total: int | None = None  # status.replicas: pods of every template
+
+    @property
+    def current_ready(self) -> int:
+        """Ready pods of the current template, at the least: during a rolling update readyReplicas
+        also counts old-template pods, so every old pod is assumed ready."""
+        if self.updated is None:
+            return self.ready
+        old = max(0, (self.total if self.total is not None else self.updated) - self.updated)
+        return max(0, min(self.updated, self.ready - old))
 
     def ready_for(self, wanted: int) -> bool:
-        return self.up_to_date and self.replicas >= wanted and self.ready >= wanted
+        return self.up_to_date and self.replicas >= wanted and self.current_ready >= wanted
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@ promotion, and finishing a rollback."""
 from __future__ import annotations
 
 from ..durations import seconds_between
-from .analysis_gate import analysis_due, gate_open, record_analysis, schedule_analysis
+from .analysis_gate import analysis_due, analysis_paused, gate_open, record_analysis, schedule_analysis
 from .children_plan import desired_replicas
-from .conditions import condition_of, set_condition
-from .phases import CANARY_PHASES, FAILED_PHASE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED
+from .conditions import set_condition
+from .phases import CANARY_PHASES, FAILED_PHASE, MANUAL_PAUSE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED
 from .tick import POLL_SECONDS, Tick
 
 
@@ -21,9 +21,11 @@ def first_version(tick: Tick) -> None:
         tick.enter(PENDING, f"starting the first version {spec.model.version}")
         set_condition(tick.s, "Progressing", True, "InitialDeploy", tick.s["message"], tick.now)
         tick.event("InitialDeploy", tick.s["message"])
+    # The first version is the only unjudged revision: its pod template follows the spec.
+    tick.s["stableTemplate"] = spec.template.to_status()
     stable_ready = tick.obs.stable is not None and tick.obs.stable.ready_for(spec.server.replicas)
     if stable_ready:
-        tick.history(spec.model, "Promoted", "first version")
+        tick.history(spec.model, "Promoted", "first version", spec.template)
         tick.stamp("promotedAt")
         tick.enter(SUCCEEDED, f"{spec.model.version} serving")
         set_condition(tick.s, "Progressing", False, "Ready", tick.s["message"], tick.now)
@@ -55,26 +57,30 @@ def advance(tick: Tick) -> None:
         canary = tick.canary_model
         if canary is None:  # status edited by hand: start over cleanly
             tick.enter(SUCCEEDED, "no canary in status")
-        elif not spec.model.same_as(canary):
-            if spec.model.same_as(tick.stable_model):
-                tick.rollback(f"spec.model changed back to the stable {spec.model.version}", "Superseded",
+        elif not tick.spec_is_canary():
+            if tick.spec_is_stable():
+                tick.rollback(f"spec changed back to the stable revision ({spec.model.version})", "Superseded",
                               failed=False)
             else:
-                tick.event("Superseded", f"spec changed mid-rollout: canary {canary.version} replaced by {spec.model.version}")
-                tick.start_canary(f"supersedes {canary.version}", reload=True)
+                # Same pod template: the running canary pods hot-reload the new model. A new
+                # template replaces them; their readiness (current template only) tells.
+                reload = spec.template.same_as(tick.canary_template)
+                tick.event("Superseded", f"spec changed mid-rollout: canary {canary.version} replaced by "
+                                         f"{spec.model.version}")
+                tick.start_canary(f"supersedes {canary.version}", reload=reload)
             return
         else:
             _canary(tick)
             return
     # Succeeded, RolledBack, Failed-with-stable: is there something new to roll out?
-    if spec.model.same_as(tick.stable_model):
+    if tick.spec_is_stable():
         if tick.phase != SUCCEEDED:
             tick.s["failedSpec"] = None
-            tick.enter(SUCCEEDED, f"spec names the stable version {spec.model.version}")
+            tick.enter(SUCCEEDED, f"spec names the stable revision ({spec.model.version})")
         return
     if tick.blocked():
-        return  # the failed version waits for a spec change or the retry annotation
-    tick.start_canary(f"spec.model is {spec.model.version}")
+        return  # the failed revision waits for a spec change or the retry annotation
+    tick.start_canary("the spec changed the revision (model or pod template)")
 
 
 def _finish_rollback(tick: Tick) -> None:
@@ -141,9 +147,9 @@ def _canary(tick: Tick) -> None:
     if tick.obs.analysis is not None and analysis_due(spec, tick.s, tick.now):
         if record_analysis(tick, tick.obs.analysis):
             return  # rolled back: act on it now, in this same tick
-    if tick.phase == PAUSED and (condition_of(tick.s, "Paused") or {}).get("reason") != "ManualPause":
+    if analysis_paused(tick.s):
         schedule_analysis(tick)
-        return  # an analysis pause waits for a person (promote or retry)
+        return  # an analysis pause holds weight 0 and waits for a person (promote or retry)
     if ready:
         _run_steps(tick)
     schedule_analysis(tick)
@@ -174,8 +180,11 @@ def _run_steps(tick: Tick) -> None:
                 tick.begin_promotion()
             return
         step = steps[index]
+        weight = int(tick.s.get("canaryWeight") or 0)
         if step.set_weight is not None:
-            if int(tick.s.get("canaryWeight") or 0) != step.set_weight:
+            if weight != step.set_weight:
+                if weight > 0 and not gate_open(tick):
+                    return  # every weight is judged: held until an analysis taken at it passes
                 tick.s["canaryWeight"] = step.set_weight
                 tick.stamp("weightSetAt")
                 tick.event("SetWeight", f"step {index}: canary weight {step.set_weight}%")
@@ -185,8 +194,10 @@ def _run_steps(tick: Tick) -> None:
             continue
         if step.is_manual_pause:
             if tick.phase != PAUSED:
+                if weight > 0 and not gate_open(tick):
+                    return  # a person looks at a judged canary: its weight passes an analysis first
                 tick.enter(PAUSED, f"step {index}: paused until promoted (asr-rollout promote)")
-                set_condition(tick.s, "Paused", True, "ManualPause", tick.s["message"], tick.now)
+                set_condition(tick.s, "Paused", True, MANUAL_PAUSE, tick.s["message"], tick.now)
                 tick.event("Paused", tick.s["message"])
             return
         waited = seconds_between(tick.s.get("stepStartedAt"), tick.now) or 0.0

@@ -10,3 +10,5 @@ ROLLING_BACK = "RollingBack"
 ROLLED_BACK = "RolledBack"
 FAILED_PHASE = "Failed"
 CANARY_PHASES = (PROGRESSING, PAUSED)
+
+MANUAL_PAUSE = "ManualPause"  # the Paused condition's reason at a `pause: {}` step
