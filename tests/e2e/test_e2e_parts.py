@@ -115,6 +115,16 @@ def test_judge_of_a_relative_scenario_wants_the_bound_against_stable() -> None:
     assert rtf["maxRatio"] == sc.DemoSettings().max_real_time_factor_ratio
 
 
+def test_judge_accepts_an_alternative_guard_where_the_scenario_names_one() -> None:
+    slow = next(s for s in sc.STORY if s.key == "slow")
+    status = _status("RolledBack", "v2", "AnalysisFailed", "Successful", "v3-slow")
+    status["analysis"]["metrics"] = [{"name": "p99-latency-seconds", "phase": "Successful"},
+                                     {"name": "real-time-factor", "phase": "Failed"}]
+    assert sc.judge(slow, status, "v2")[0]
+    status["analysis"]["metrics"][1]["phase"] = "Successful"
+    assert not sc.judge(slow, status, "v2")[0]
+
+
 def test_demo_refuses_a_bad_rate() -> None:
     from asr_sandbox.demo import parse_args
 
