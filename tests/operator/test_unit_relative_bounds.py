@@ -168,3 +168,14 @@ async def test_relative_within_bounds_passes_with_both_values() -> None:
     source = TrackSource({"requests": 100, "p99": 0.4}, {"requests": 400, "p99": 0.3})
     p99, = await measure(source, spec_with(P99_RELATIVE[:1]), CANARY, STABLE)
     assert (p99.phase, p99.value, p99.stable_value) == (SUCCESSFUL, 0.4, 0.3)
+
+
+def test_cli_status_shows_the_stable_value_next_to_the_canary_value() -> None:
+    from asr_operator import cli
+
+    m = judge_against_stable("p99-latency-seconds", 0.9, 0.3, maximum=2.0, minimum=None, max_increase=None,
+                             max_ratio=1.5)
+    text = cli.format_status({"metadata": {"name": "r", "namespace": "ns"},
+                              "status": {"phase": "Progressing", "analysis": {"metrics": [m.to_status()]}}})
+    row = next(line for line in text.splitlines() if line.strip().startswith("p99-latency-seconds"))
+    assert row.split()[:4] == ["p99-latency-seconds", "Failed", "0.9", "0.3"]
