@@ -25,8 +25,9 @@ from inference_server.uploads import FIELD_LIMIT, Upload, read_multipart
 
 log = logging.getLogger("inference_server.http")
 
+STREAM_ENDPOINT = "/v1/audio/stream"
 KNOWN_ENDPOINTS = {
-    "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", "/v1/audio/stream",
+    "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", STREAM_ENDPOINT,
     "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/v1/golden",
 }
 
@@ -99,7 +100,9 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
         current = state.slot.current
         model = served.name if served else (current.name if current else "none")
         version = served.version if served else (current.version if current else "none")
-        if _endpoint(request) not in ("/metrics", "/healthz", "/readyz"):
+        # A WebSocket stream records its own session and segment metrics (streaming.py); every
+        # other path is counted here, inference apart from the rest (metrics.observe_request).
+        if _endpoint(request) != STREAM_ENDPOINT:
             state.metrics.observe_request(_endpoint(request), status, model, version,
                                           time.perf_counter() - started)
 

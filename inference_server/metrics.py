@@ -12,6 +12,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 POD_LABELS = ("namespace", "rollout", "track", "pod")
 _ENV = {"namespace": "ASR_NAMESPACE", "rollout": "ASR_ROLLOUT", "track": "ASR_TRACK", "pod": "POD_NAME"}
 STATES = ("LOADING", "READY", "FAILED")
+# The requests canary analysis reads (asr_requests_total, asr_request_duration_seconds). Anything
+# else (model listing, golden detail, admin, probes, scrapes, unknown paths) would pad the request
+# count and dilute the error rate, so it is counted apart (asr_control_requests_total); WebSocket
+# streams have their own metrics (one 10-minute stream is not one 600 s "request").
+INFERENCE_ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad")
+STREAM_RESULTS = ("done", "closed", "error")
 
 
 def pod_labels_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -46,17 +52,44 @@ class ServerMetrics:
                                  p + ["model", "version", "state"], registry=r)
         self.load_seconds = Gauge("asr_model_load_seconds", "Seconds to verify, load and warm a version",
                                   p + ["model", "version"], registry=r)
-        self.reloads = Counter("asr_model_reloads", "Model reloads by result and reason",
-                               p + ["result", "reason"], registry=r)
+        self.reloads = Counter("asr_model_reloads", "Model reloads by tried version, result and reason",
+                               p + ["version", "result", "reason"], registry=r)
+        self.control_requests = Counter("asr_control_requests", "Requests to non-inference endpoints "
+                                        "(models, golden, admin, probes, metrics, unknown paths)",
+                                        p + ["endpoint", "code"], registry=r)
+        self.stream_sessions = Counter("asr_stream_sessions", "WebSocket stream sessions by how they ended "
+                                       "(done: flushed after the client's end; closed: the client left; "
+                                       "error: the server ended it with an error)",
+                                       p + ["model", "version", "result"], registry=r)
+        self.stream_segment_duration = Histogram(
+            "asr_stream_segment_duration_seconds", "Seconds to recognise one speech segment of a stream",
+            p + ["model", "version"], registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.stream_errors = Counter("asr_stream_errors", "Errors that ended a stream, by HTTP-like status",
+                                     p + ["model", "version", "code"], registry=r)
         self.gpu_memory = Gauge("asr_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated per device",
                                 p + ["device"], registry=r)
         self._serving_info: tuple[str, str, str] | None = None
+        self._state_keys: set[tuple[str, str]] = set()  # (model, version) with asr_model_state series
         self.queue_depth.labels(**self.pod).set(0)
         self.inflight.labels(**self.pod).set(0)
 
     def observe_request(self, endpoint: str, code: int, model: str, version: str, seconds: float) -> None:
+        """One finished HTTP request: inference endpoints feed the request metrics analysis
+        reads, every other path only the control counter."""
+        if endpoint not in INFERENCE_ENDPOINTS:
+            self.control_requests.labels(**self.pod, endpoint=endpoint, code=str(code)).inc()
+            return
         self.requests.labels(**self.pod, endpoint=endpoint, code=str(code), model=model, version=version).inc()
         self.duration.labels(**self.pod, endpoint=endpoint, model=model, version=version).observe(seconds)
+
+    def observe_stream(self, model: str, version: str, result: str, error_code: int | None = None) -> None:
+        self.stream_sessions.labels(**self.pod, model=model, version=version, result=result).inc()
+        if error_code is not None:
+            self.stream_errors.labels(**self.pod, model=model, version=version, code=str(error_code)).inc()
+
+    def observe_stream_segment(self, model: str, version: str, seconds: float) -> None:
+        self.stream_segment_duration.labels(**self.pod, model=model, version=version).observe(seconds)
 
     def observe_audio(self, model: str, version: str, audio_s: float, processing_s: float) -> None:
         if audio_s <= 0:
@@ -65,15 +98,28 @@ class ServerMetrics:
         self.rtf.labels(**self.pod, model=model, version=version).observe(processing_s / audio_s)
 
     def set_state(self, model: str, version: str, state: str) -> None:
+        self._state_keys.add((model, version))
         for s in STATES:
             self.model_state.labels(**self.pod, model=model, version=version, state=s).set(1 if s == state else 0)
 
     def forget_state(self, model: str, version: str) -> None:
+        """Remove a version's state (and load-time) series: it is no longer loading or serving."""
+        self._state_keys.discard((model, version))
         for s in STATES:
             try:
                 self.model_state.remove(*self.pod.values(), model, version, s)
             except KeyError:
                 pass
+        try:
+            self.load_seconds.remove(*self.pod.values(), model, version)
+        except KeyError:
+            pass
+
+    def retain_states(self, versions: set[str]) -> None:
+        """Forget the state series of every version not in `versions`."""
+        for model, version in sorted(self._state_keys):
+            if version not in versions:
+                self.forget_state(model, version)
 
     def set_serving(self, model: str, version: str, sha256: str) -> None:
         if self._serving_info is not None:
@@ -84,8 +130,9 @@ class ServerMetrics:
         self._serving_info = (model, version, sha256)
         self.model_info.labels(**self.pod, model=model, version=version, sha256=sha256).set(1)
 
-    def reload_result(self, result: str, reason: str) -> None:
-        self.reloads.labels(**self.pod, result=result, reason=reason).inc()
+    def reload_result(self, version: str | None, result: str, reason: str) -> None:
+        """`version` is the version that was tried ("none" when the config could not be read)."""
+        self.reloads.labels(**self.pod, version=version or "none", result=result, reason=reason).inc()
 
     def update_gpu_memory(self) -> None:
         """Only where CUDA exists; on CPU machines the series is simply absent."""

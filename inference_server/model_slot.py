@@ -67,6 +67,11 @@ class ModelSlot:
         self.states[config.version] = state
         self.metrics.set_state(config.name, config.version, state)
 
+    def _retain_states(self, versions: set[str]) -> None:
+        for version in [v for v in self.states if v not in versions]:
+            del self.states[version]
+        self.metrics.retain_states(versions)
+
     def _record(self, outcome: ReloadOutcome) -> ReloadOutcome:
         self.last_reload = outcome
         if outcome.result == "failure":
@@ -75,7 +80,7 @@ class ModelSlot:
         elif outcome.result == "success":
             log.info("now serving version %s", outcome.version)
         if outcome.result != "unchanged":
-            self.metrics.reload_result(outcome.result, outcome.reason)
+            self.metrics.reload_result(outcome.version, outcome.result, outcome.reason)
         return outcome
 
     async def reload(self, force: bool = False) -> ReloadOutcome:
@@ -88,6 +93,10 @@ class ModelSlot:
             current = self.current
             if current is not None and not force and current.config == config:
                 return ReloadOutcome("unchanged", "ok", config.version, "already serving this config", time.time())
+            # State series describe the present: a version that failed earlier and is now neither
+            # being tried nor serving has none (else its FAILED=1 would keep the chart's
+            # load-failure alert firing until the pod restarts).
+            self._retain_states({config.version} | ({current.version} if current else set()))
             self._set_state(config, "LOADING")
             log.info("loading version %s from %s", config.version, config.path)
             try:
@@ -110,9 +119,7 @@ class ModelSlot:
         self.metrics.load_seconds.labels(**self.metrics.pod, model=new.name, version=new.version).set(new.load_seconds)
         self.metrics.set_serving(new.name, new.version, new.digest)
         self.golden_metrics.publish(new.name, new.version, new.golden)
-        if old is not None and old.version != new.version:
-            self.metrics.forget_state(old.name, old.version)
-            self.states.pop(old.version, None)
+        self._retain_states({new.version})  # the replaced version and earlier failures are past
         self._set_state(new.config, "READY")
         if old is not None:
             task = asyncio.get_running_loop().create_task(self._retire(old))

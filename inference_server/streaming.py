@@ -14,6 +14,7 @@ A stream is served from start to end by the version serving when it opened (it h
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 import logging
 from dataclasses import dataclass, field
@@ -100,16 +101,29 @@ class StreamSession:
         while self.events.finished:
             start, end = self.events.finished.pop(0)
             clip = self._clip(start, end)
+            started = time.perf_counter()
             text = await self.state.scheduler.run(self.model, partial(pipeline.recognise, self.model, clip))
+            self.state.metrics.observe_stream_segment(self.model.name, self.model.version,
+                                                      time.perf_counter() - started)
             out.append({"type": "transcript", "start_ms": start, "end_ms": end, "text": text,
                         "version": self.model.version})
         return out
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
+    """One session. It is measured as a session (how it ended, errors by status) and per speech
+    segment, never as one HTTP request: a 10-minute stream in the request histogram would read
+    as a 600 s request and swamp the p99 that canary analysis judges."""
     state = request.app[STATE]
-    model = state.lease()
+    try:
+        model = state.lease()
+    except APIError as exc:  # not ready or shutting down: refused before any version was involved
+        current = state.slot.current
+        state.metrics.observe_stream(current.name if current else "none",
+                                     current.version if current else "none", "error", exc.status)
+        raise
     request["served_by"] = model
+    result, error_code = "closed", None
     try:
         if model.vad is None:
             raise APIError(400, "streaming needs a VAD model (vad_path in the model config)")
@@ -133,13 +147,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     for event in await session.push(np.zeros(0, dtype=np.float32), is_final=True):
                         await ws.send_json(event)
                     await ws.send_json({"type": "done"})
+                    result = "done"
                     break
                 elif msg.type == WSMsgType.ERROR:
                     break
         except APIError as exc:
+            result, error_code = "error", exc.status
             if not ws.closed:
                 await ws.send_json({"type": "error", "message": exc.message, "status": exc.status})
         await ws.close()
         return ws
+    except APIError as exc:  # before the WebSocket handshake
+        result, error_code = "error", exc.status
+        raise
+    except ConnectionResetError:  # the client went away while we were answering
+        result = "closed"
+        raise
+    except Exception:
+        result, error_code = "error", 500
+        raise
     finally:
+        state.metrics.observe_stream(model.name, model.version, result, error_code)
         model.release()

@@ -80,8 +80,9 @@ def format_status(rollout: Mapping[str, Any]) -> str:
     analysis = status.get("analysis") or {}
     if analysis.get("metrics"):
         lines += ["", f"Analysis (last run {analysis.get('lastRun')}: {analysis.get('outcome', '-')}):"]
-        lines += _table([["METRIC", "PHASE", "VALUE", "MESSAGE"]] + [
-            [m.get("name", ""), m.get("phase", ""), _value(m.get("value")), (m.get("message") or "")[:80]]
+        lines += _table([["METRIC", "PHASE", "VALUE", "STABLE", "MESSAGE"]] + [
+            [m.get("name", ""), m.get("phase", ""), _value(m.get("value")), _value(m.get("stableValue")),
+             (m.get("message") or "")[:80]]
             for m in analysis["metrics"]])
     history = status.get("history") or []
     if history:

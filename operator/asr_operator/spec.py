@@ -142,7 +142,8 @@ class MetricSpec:
     max: float | None = None
     min: float | None = None
     query: str | None = None
-    max_increase: float | None = None  # golden-set metrics: allowed rise over the stable version
+    max_increase: float | None = None  # allowed rise over the stable version (canary - stable)
+    max_ratio: float | None = None     # built-in traffic metrics: allowed canary / stable
 
 
 @dataclass(frozen=True)
@@ -480,8 +481,9 @@ def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> Metric
     if name == golden.GOLDEN_AGREEMENT and item.get("min") is None:
         check.fail(path, "golden-agreement needs min: the lowest share of golden clips on which "
                          "canary and stable must agree, e.g. {name: golden-agreement, min: 0.9}")
-    elif item.get("max") is None and item.get("min") is None and item.get("maxIncrease") is None:
-        check.fail(path, "needs a threshold: max, min or both (maxIncrease for golden-cer)")
+    elif all(item.get(key) is None for key in ("max", "min", "maxIncrease", "maxRatio")):
+        check.fail(path, "needs a threshold: max and/or min, or a bound against the stable track: "
+                         "maxIncrease (built-ins and golden-cer) or maxRatio (built-ins)")
     if maximum is not None and minimum is not None and minimum > maximum:
         check.fail(path, f"min {minimum:g} is over max {maximum:g}")
     query = item.get("query")
@@ -492,15 +494,25 @@ def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> Metric
                 check.fail(f"{path}.query", problem)
     elif query is not None:
         check.fail(f"{path}.query", f"only `custom` metrics take a query; {name} has a built-in one")
+    relative_ok = (*queries.BUILTIN_METRICS, golden.GOLDEN_CER)
     max_increase = check.number(item.get("maxIncrease"), f"{path}.maxIncrease")
-    if max_increase is not None and name != golden.GOLDEN_CER:
-        check.fail(f"{path}.maxIncrease", f"only golden-set CER (golden-cer) compares with the stable "
-                                          f"version; use max/min for {name}")
+    if max_increase is not None and name not in relative_ok:
+        check.fail(f"{path}.maxIncrease", f"{name} has no stable-track counterpart to compare with; maxIncrease "
+                                          f"works for {', '.join(relative_ok)}; use max/min for {name}")
     if max_increase is not None and max_increase < 0:
-        check.fail(f"{path}.maxIncrease", f"{max_increase:g} is under 0; write the largest allowed "
-                                          "CER increase over stable, e.g. 0.02")
+        check.fail(f"{path}.maxIncrease", f"{max_increase:g} is under 0; write the largest allowed increase "
+                                          "over stable in the metric's unit, e.g. 0.02")
+    max_ratio = check.number(item.get("maxRatio"), f"{path}.maxRatio")
+    if max_ratio is not None and name not in queries.BUILTIN_METRICS:
+        check.fail(f"{path}.maxRatio", f"maxRatio (canary / stable) works for {', '.join(queries.BUILTIN_METRICS)}; "
+                                       f"for {name} use " + ("maxIncrease or max" if name == golden.GOLDEN_CER
+                                                             else "max/min"))
+    if max_ratio is not None and max_ratio <= 0:
+        check.fail(f"{path}.maxRatio", f"{max_ratio:g} must be above 0; write how many times stable's value "
+                                       "the canary may reach, e.g. 1.5")
     return MetricSpec(name=str(name), kind=str(name), max=maximum, min=minimum,
-                      query=query if name == queries.CUSTOM_METRIC else None, max_increase=max_increase)
+                      query=query if name == queries.CUSTOM_METRIC else None, max_increase=max_increase,
+                      max_ratio=max_ratio)
 
 
 def _parse_rollback(check: _Checker, raw: Any) -> RollbackSpec:

@@ -9,7 +9,9 @@ The sandbox (asr_sandbox.sandbox): the kmock API emulator, the operator unchange
 subprocess, a node agent running every pod as a real inference server, a gateway routing by
 the HTTPRoute weights, a real Prometheus, and real audio as traffic. The story
 (asr_sandbox.scenarios): v1 serving; v2 promoted by hot reload; a corrupt, a failing and a slow
-version each rolled back by a different guard; a promoted version reverted by an alert.
+version each rolled back by a different guard; a modestly slower version, inside every absolute
+bound, rolled back by its real-time factor against stable's; a promoted version reverted by an
+alert.
 
 Exit status 0 only if every scenario ended as expected and no client request was lost (the only
 failed requests are those the bad versions returned while they held canary traffic).
@@ -65,7 +67,8 @@ def run_sandbox(args: argparse.Namespace) -> int:
     settings_text = (f"analysis interval {settings.interval}, failureLimit {settings.failure_limit}, "
                      f"minRequests {settings.min_requests}, window {settings.window}, "
                      f"progressDeadlineSeconds {settings.progress_deadline_s}, error rate <= {settings.max_error_rate}, "
-                     f"p99 <= {settings.max_p99_latency_s} s, steps {list(settings.steps)}, traffic {args.rate:g} req/s")
+                     f"p99 <= {settings.max_p99_latency_s} s, real-time factor <= {settings.max_real_time_factor} "
+                     f"and <= {settings.max_real_time_factor_ratio}x stable's, steps {list(settings.steps)}, traffic {args.rate:g} req/s")
     report = write_report(folder, result, summaries, outcome, settings_text)
     print()
     print("\n".join(table(summaries)))

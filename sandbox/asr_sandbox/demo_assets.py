@@ -11,6 +11,9 @@ failing in its own way, built with the asset builder's own Paraformer recipe.
                                      TypeError only under traffic -> caught by the error rate
     models/paraformer-tiny/slow/     a correct model, but with a much wider and deeper encoder
                                      and no frame-rate reduction -> caught by p99 latency
+    models/paraformer-tiny/sluggish/ the same idea, smaller: about 4x v1's processing time, yet its
+                                     p99 and real-time factor stay well inside the absolute
+                                     bounds -> caught only by real-time-factor maxRatio vs stable
     models/paraformer-tiny/corrupt/  (from asr_sandbox.assets) fails verification, never ready
                                      -> caught by the progress deadline
 
@@ -46,6 +49,10 @@ BROKEN_TOKEN_ID = 3  # the decoder is biased to this id, whose token-list entry 
 # `slow`: encoder 8x wider and 8x deeper than v1, and one feature frame per 10 ms instead of 60.
 SLOW_WIDTH = 512
 SLOW_BLOCKS = 16
+# `sluggish`: measured on an idle 2-core machine (one torch thread, 5 s and 10 s clips with VAD):
+# median 0.38 s a request against v1's 0.10 s, `slow`'s 1.4 s.
+SLUGGISH_WIDTH = 256
+SLUGGISH_BLOCKS = 8
 
 
 def broken_tokens() -> list[Any]:
@@ -57,11 +64,10 @@ def broken_tokens() -> list[Any]:
     return tokens
 
 
-def slow_config() -> dict[str, Any]:
+def slow_config(width: int = SLOW_WIDTH, blocks: int = SLOW_BLOCKS) -> dict[str, Any]:
     cfg = copy.deepcopy(assets.PARAFORMER_CONFIG)
-    cfg["encoder_conf"].update(output_size=SLOW_WIDTH, attention_heads=4, linear_units=4 * SLOW_WIDTH,
-                               num_blocks=SLOW_BLOCKS)
-    cfg["predictor_conf"]["idim"] = SLOW_WIDTH
+    cfg["encoder_conf"].update(output_size=width, attention_heads=4, linear_units=4 * width, num_blocks=blocks)
+    cfg["predictor_conf"]["idim"] = width
     cfg["frontend_conf"]["lfr_n"] = 1  # 6x more frames through the encoder (and attention over them)
     return cfg
 
@@ -91,6 +97,9 @@ def build_demo_models(out: Path) -> dict[str, Path]:
     paths[f"{MODEL_NAME}/broken"] = _build(
         base / "broken", lambda d: assets.write_paraformer(d, 3, cmvn, tokens=broken_tokens(), tune=_tune_broken))
     paths[f"{MODEL_NAME}/slow"] = _build(base / "slow", lambda d: assets.write_paraformer(d, 4, cmvn, cfg=slow_config()))
+    paths[f"{MODEL_NAME}/sluggish"] = _build(
+        base / "sluggish",
+        lambda d: assets.write_paraformer(d, 5, cmvn, cfg=slow_config(SLUGGISH_WIDTH, SLUGGISH_BLOCKS)))
     return paths
 
 

@@ -31,6 +31,11 @@ class DemoSettings:
     progress_deadline_s: int = 60  # a pod starts in ~10 s idle, 30 s+ on a busy 2-core machine
     max_error_rate: float = 0.05
     max_p99_latency_s: float = 2.5  # good versions answer in ~0.1 s idle; slack for a busy machine
+    # Real-time factor: at most half real time (absolute), and at most twice stable's over the
+    # same window (relative: the canary and stable pods share the same busy CPUs, so a good
+    # version stays near 1x whatever the load, while `sluggish` runs about 4x).
+    max_real_time_factor: float = 0.5
+    max_real_time_factor_ratio: float = 2.0
     replicas: int = 1
     steps: tuple[dict[str, Any], ...] = (
         {"setWeight": 25}, {"pause": {"duration": "5s"}},
@@ -49,9 +54,11 @@ class Scenario:
     guard: str  # what must catch it (shown in the summary)
     reason: str = ""  # status condition reason the guard leaves (rolled-back scenarios)
     metric: str = ""  # the analysis metric that must have failed, if any
+    or_metrics: tuple[str, ...] = ()  # metrics that may have caught it instead of `metric`
     vad: bool = True
     bad: bool = False  # its requests may fail (counted, reported, allowed)
     alert: bool = False  # after promotion, an Alertmanager alert fires
+    relative: bool = False  # `metric` must have failed on a bound against stable, not an absolute one
 
     @property
     def path(self) -> str:
@@ -68,8 +75,15 @@ STORY: tuple[Scenario, ...] = (
     # cut the demo clips into shorter pieces (see asr_sandbox.demo_assets).
     Scenario("errors", "v3-broken: errors on requests", "v3-broken", "broken", ROLLED_BACK, "error rate",
              reason="AnalysisFailed", metric="error-rate", vad=False, bad=True),
-    Scenario("slow", "v3-slow: slow answers", "v3-slow", "slow", ROLLED_BACK, "p99 latency",
-             reason="AnalysisFailed", metric="p99-latency-seconds", bad=True),
+    # 14x stable's processing time: whichever of its p99 (absolute) and its real-time factor
+    # (against stable) fails first rolls it back.
+    Scenario("slow", "v3-slow: slow answers", "v3-slow", "slow", ROLLED_BACK, "p99 latency or real-time factor",
+             reason="AnalysisFailed", metric="p99-latency-seconds", or_metrics=("real-time-factor",), bad=True),
+    # Within every absolute bound (p99 well under its max, real-time factor under 0.5), but about
+    # 4x slower than stable: only the relative bound sees it.
+    Scenario("sluggish", "v3-sluggish: 4x slower than stable, within absolute bounds", "v3-sluggish", "sluggish",
+             ROLLED_BACK, "real-time factor vs stable (maxRatio)", reason="AnalysisFailed",
+             metric="real-time-factor", bad=True, relative=True),
     Scenario("alert", "v3: promoted, then an alert fires", "v3", "v2-same", REVERTED, "alert after promotion",
              reason="Reverted", alert=True),
 )
@@ -112,6 +126,8 @@ def rollout_manifest(first: Scenario, digest: str | None, prometheus_url: str,
                 "metrics": [
                     {"name": "error-rate", "max": settings.max_error_rate},
                     {"name": "p99-latency-seconds", "max": settings.max_p99_latency_s},
+                    {"name": "real-time-factor", "max": settings.max_real_time_factor,
+                     "maxRatio": settings.max_real_time_factor_ratio},
                 ],
             },
             "rollback": {"onAlert": True, "postPromotionWindow": "10m"},
@@ -174,10 +190,19 @@ def judge(scenario: Scenario, status: Mapping[str, Any], previous_stable: str) -
         ok = stable == previous_stable and healthy.get("reason") == scenario.reason
         return ok, f"{phase}; stable reverted to {stable} ({healthy.get('reason')})"
     progressing = conditions.get("Progressing") or {}
-    metrics = {m.get("name"): m.get("phase") for m in (status.get("analysis") or {}).get("metrics") or []}
+    verdicts = {m.get("name"): m for m in (status.get("analysis") or {}).get("metrics") or []}
+    metrics = {name: m.get("phase") for name, m in verdicts.items()}
     ok = (phase == "RolledBack" and stable == previous_stable and progressing.get("reason") == scenario.reason
           and last.get("outcome") == "RolledBack" and last.get("version") == scenario.version)
+    failed = [name for name in (scenario.metric, *scenario.or_metrics) if name and metrics.get(name) == "Failed"]
     if scenario.metric:
-        ok = ok and metrics.get(scenario.metric) == "Failed"
-    caught = scenario.metric if scenario.metric else progressing.get("reason")
+        ok = ok and bool(failed)
+    caught = " and ".join(failed) or scenario.metric or progressing.get("reason")
+    if scenario.relative:
+        # caught by the bound against stable, while every absolute bound held
+        message = str((verdicts.get(scenario.metric) or {}).get("message", ""))
+        others_held = all(phase != "Failed" for name, phase in metrics.items() if name != scenario.metric)
+        ok = ok and metrics.get(scenario.metric) == "Failed" and others_held
+        ok = ok and ("maxRatio" in message or "maxIncrease" in message)
+        caught = f"{scenario.metric} ({message})"
     return ok, f"{phase} by {caught}; stable {stable}"

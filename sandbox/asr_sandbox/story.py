@@ -75,8 +75,10 @@ def verdict_text(status: dict[str, Any]) -> str:
     metrics = (status.get("analysis") or {}).get("metrics") or []
     parts = []
     for m in metrics:
-        value = m.get("value")
+        value, stable = m.get("value"), m.get("stableValue")
         shown = f"{value:.3g}" if isinstance(value, (int, float)) else "-"
+        if isinstance(stable, (int, float)):  # a bound against stable: canary/stable
+            shown += f"/{stable:.3g}"
         parts.append(f"{m.get('name')}={shown}:{str(m.get('phase', ''))[:4]}")
     return " ".join(parts)
 

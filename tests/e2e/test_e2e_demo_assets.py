@@ -50,7 +50,7 @@ def broken_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 
 
 def test_bad_versions_are_verified_model_directories(models: dict[str, Path]) -> None:
-    for name in ("paraformer-tiny/broken", "paraformer-tiny/slow"):
+    for name in ("paraformer-tiny/broken", "paraformer-tiny/slow", "paraformer-tiny/sluggish"):
         assert verify_dir(models[name]).ok
     tokens = json.loads((models["paraformer-tiny/broken"] / "tokens.json").read_text())
     assert tokens == broken_tokens() and len(tokens) == len(assets.PARAFORMER_TOKENS)

@@ -94,6 +94,37 @@ def test_judge_accepts_only_the_expected_guard() -> None:
     assert not sc.judge(errors, _status("Succeeded", "v3-broken", "Promoted", "Successful", "v3-broken"), "v2")[0]
 
 
+def test_judge_of_a_relative_scenario_wants_the_bound_against_stable() -> None:
+    sluggish = next(s for s in sc.STORY if s.key == "sluggish")
+
+    def status(rtf_message: str, p99_phase: str = "Successful") -> dict:  # type: ignore[type-arg]
+        return {"phase": "RolledBack", "stableVersion": "v2",
+                "history": [{"version": "v3-sluggish", "outcome": "RolledBack"}],
+                "conditions": [{"type": "Progressing", "reason": "AnalysisFailed"}],
+                "analysis": {"metrics": [
+                    {"name": "error-rate", "phase": "Successful"},
+                    {"name": "p99-latency-seconds", "phase": p99_phase},
+                    {"name": "real-time-factor", "phase": "Failed", "message": rtf_message}]}}
+
+    relative = "canary 0.05 vs stable 0.012: 4.17x stable, more than maxRatio 2"
+    assert sc.judge(sluggish, status(relative), "v2")[0]
+    assert not sc.judge(sluggish, status("0.7 is over max 0.5"), "v2")[0]  # an absolute bound caught it
+    assert not sc.judge(sluggish, status(relative, p99_phase="Failed"), "v2")[0]  # not within absolute bounds
+    manifest = sc.rollout_manifest(sc.FIRST, None, "http://p:9090", sc.DemoSettings())
+    rtf = next(m for m in manifest["spec"]["analysis"]["metrics"] if m["name"] == "real-time-factor")
+    assert rtf["maxRatio"] == sc.DemoSettings().max_real_time_factor_ratio
+
+
+def test_judge_accepts_an_alternative_guard_where_the_scenario_names_one() -> None:
+    slow = next(s for s in sc.STORY if s.key == "slow")
+    status = _status("RolledBack", "v2", "AnalysisFailed", "Successful", "v3-slow")
+    status["analysis"]["metrics"] = [{"name": "p99-latency-seconds", "phase": "Successful"},
+                                     {"name": "real-time-factor", "phase": "Failed"}]
+    assert sc.judge(slow, status, "v2")[0]
+    status["analysis"]["metrics"][1]["phase"] = "Successful"
+    assert not sc.judge(slow, status, "v2")[0]
+
+
 def test_demo_refuses_a_bad_rate() -> None:
     from asr_sandbox.demo import parse_args
 

@@ -71,11 +71,12 @@ def test_spec_accepts_golden_metrics() -> None:
 
 
 @pytest.mark.parametrize("metric, message", [
-    ({"name": "error-rate", "max": 0.1, "maxIncrease": 0.02}, "metrics[0].maxIncrease: only golden-set CER (golden-cer)"),
-    ({"name": "golden-agreement", "min": 0.9, "maxIncrease": 0.1}, "only golden-set CER (golden-cer)"),
+    ({"name": "custom", "query": "up", "maxIncrease": 0.02}, "metrics[0].maxIncrease: custom has no stable-track"),
+    ({"name": "golden-agreement", "min": 0.9, "maxIncrease": 0.1}, "golden-agreement has no stable-track counterpart"),
+    ({"name": "golden-cer", "maxRatio": 1.5}, "metrics[0].maxRatio: maxRatio (canary / stable) works for"),
     ({"name": "golden-cer", "maxIncrease": -0.1}, "metrics[0].maxIncrease: -0.1 is under 0"),
     ({"name": "golden-cer", "maxIncrease": "2%"}, "metrics[0].maxIncrease: must be a number"),
-    ({"name": "golden-cer"}, "needs a threshold: max, min or both (maxIncrease for golden-cer)"),
+    ({"name": "golden-cer"}, "needs a threshold: max and/or min, or a bound against the stable track"),
     ({"name": "golden-agreement", "max": 1.0}, "golden-agreement needs min"),
     ({"name": "golden-cer", "max": 0.1, "query": "up"}, "only `custom` metrics take a query"),
 ])

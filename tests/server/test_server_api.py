@@ -217,6 +217,41 @@ async def test_websocket_streaming_events_and_segment_transcripts(server: Server
     assert kinds.index("speech_end") < kinds.index("transcript") < second_start
 
 
+async def test_a_finished_stream_is_one_done_session_with_per_segment_latency(server: ServerProcess, assets: Path,
+                                                                            truth) -> None:
+    """Streams are measured per session and per segment, never as one long HTTP request."""
+    def stream_samples(text: str) -> tuple[float, float]:
+        samples = _samples(text)
+        done = sum(v for l, v in samples.get("asr_stream_sessions_total", [])
+                   if l["result"] == "done" and l["version"] == "v1")
+        segments = sum(v for l, v in samples.get("asr_stream_segment_duration_seconds_count", [])
+                       if l["version"] == "v1")
+        return done, segments
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(server.url + "/metrics") as r:
+            before = stream_samples(await r.text())
+        samples, _ = sf.read(str(assets / "audio" / "speech_gap.wav"), dtype="int16")
+        async with s.ws_connect(server.url.replace("http", "ws") + "/v1/audio/stream") as ws:
+            assert (await ws.receive_json())["type"] == "ready"
+            await ws.send_bytes(samples.tobytes())
+            await ws.send_json({"type": "end"})
+            async for msg in ws:
+                if json.loads(msg.data)["type"] in ("done", "error"):
+                    assert json.loads(msg.data)["type"] == "done", msg.data
+                    break
+        for _ in range(100):  # the session is counted once the handler returns, just after "done"
+            async with s.get(server.url + "/metrics") as r:
+                text = await r.text()
+            after = stream_samples(text)
+            if after[0] > before[0]:
+                break
+            await asyncio.sleep(0.05)
+    assert after[0] - before[0] == 1
+    assert after[1] - before[1] == len(truth["speech_gap"]["speech_ms"])
+    assert not [l for l, _ in _samples(text)["asr_requests_total"] if l["endpoint"] == "/v1/audio/stream"]
+
+
 async def test_admin_reload_requires_the_token(server: ServerProcess) -> None:
     status, body, _ = await post(server, "/admin/reload", b"")
     assert status == 401 and body["error"]["type"] == "authentication_error"

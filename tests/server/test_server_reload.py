@@ -41,8 +41,9 @@ def reloads(server: ServerProcess) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "asr_model_reloads_total":
-                out[(s.labels["result"], s.labels["reason"])] = s.value
+            if s.name == "asr_model_reloads_total":  # summed over the tried versions
+                key = (s.labels["result"], s.labels["reason"])
+                out[key] = out.get(key, 0.0) + s.value
     return out
 
 

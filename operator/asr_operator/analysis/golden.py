@@ -81,9 +81,9 @@ def judge_golden_cer(name: str, canary: float | None, stable: float | None, maxi
         if increase > max_increase:
             return Measurement(name, FAILED, canary,
                                f"canary golden CER {canary:.4g} is {increase:.4g} over stable's {stable:.4g}; "
-                               f"maxIncrease is {max_increase:g}")
+                               f"maxIncrease is {max_increase:g}", stable)
         return Measurement(name, SUCCESSFUL, canary,
-                           f"canary golden CER {canary:.4g}, stable {stable:.4g}: within limits")
+                           f"canary golden CER {canary:.4g}, stable {stable:.4g}: within limits", stable)
     return Measurement(name, SUCCESSFUL, canary, f"canary golden CER {canary:.4g}: within limits")
 
 

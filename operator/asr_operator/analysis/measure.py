@@ -7,7 +7,8 @@ from dataclasses import replace
 from ..spec import AnalysisSpec, MetricSpec
 from . import golden, queries
 from .prometheus_source import MetricSource
-from .verdict import Measurement, QueryFailed, judge, judge_error, too_few_requests
+from .relative import judge_against_stable
+from .verdict import ERROR, INCONCLUSIVE, SUCCESSFUL, Measurement, QueryFailed, judge, judge_error, too_few_requests
 
 
 def metric_query(metric: MetricSpec, scope: queries.QueryScope, window_seconds: float) -> str:
@@ -17,21 +18,40 @@ def metric_query(metric: MetricSpec, scope: queries.QueryScope, window_seconds: 
     return queries.builtin_query(metric.kind, scope, window_seconds)
 
 
+def has_relative_bounds(metric: MetricSpec) -> bool:
+    return metric.kind in queries.BUILTIN_METRICS and (metric.max_increase is not None or metric.max_ratio is not None)
+
+
+async def _request_gate(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope
+                        ) -> Measurement | None:
+    """None when the scope's track answered at least minRequests inference requests in the
+    window; else the verdict its traffic metrics get (Inconclusive, or Error if unanswerable)."""
+    try:
+        requests = await source.query_value(queries.request_count_query(scope, analysis.window_seconds))
+    except QueryFailed as error:
+        return judge_error("", error)
+    if analysis.min_requests > 0 and (requests is None or not requests >= analysis.min_requests):
+        return too_few_requests("", requests, analysis.min_requests, scope.track)
+    return None
+
+
 async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope,
                   stable: queries.QueryScope | None = None) -> tuple[Measurement, ...]:
     """Every metric gets a verdict. Too few requests makes all traffic metrics Inconclusive: a
-    quiet canary has proven nothing, however good its numbers look. The golden-set metrics
-    measure the version itself, not its traffic, and compare it with `stable` (the stable
-    track's scope)."""
+    quiet canary has proven nothing, however good its numbers look. Relative bounds
+    (maxIncrease, maxRatio) compare with the same query on `stable` (the stable track's scope),
+    which needs minRequests of its own. The golden-set metrics measure the version itself, not
+    its traffic, and compare it with `stable`."""
     gate: Measurement | None = None  # the verdict every traffic metric gets (name set below)
     if any(metric.kind not in golden.GOLDEN_METRICS for metric in analysis.metrics):
-        try:
-            requests = await source.query_value(queries.request_count_query(scope, analysis.window_seconds))
-        except QueryFailed as error:
-            gate = judge_error("", error)
+        gate = await _request_gate(source, analysis, scope)
+    stable_gate: Measurement | None = None  # why the stable side cannot be compared, if it cannot
+    if gate is None and any(has_relative_bounds(metric) for metric in analysis.metrics):
+        if stable is None:
+            stable_gate = Measurement("", INCONCLUSIVE, None,
+                                      "there is no stable version yet (status.stableVersion is empty)")
         else:
-            if analysis.min_requests > 0 and (requests is None or not requests >= analysis.min_requests):
-                gate = too_few_requests("", requests, analysis.min_requests)
+            stable_gate = await _request_gate(source, analysis, stable)
 
     async def one(metric: MetricSpec) -> Measurement:
         if metric.kind in golden.GOLDEN_METRICS:
@@ -42,7 +62,24 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
             value = await source.query_value(metric_query(metric, scope, analysis.window_seconds))
         except QueryFailed as error:
             return judge_error(metric.name, error)
-        return judge(metric.name, value, metric.max, metric.min)
+        if not has_relative_bounds(metric):
+            return judge(metric.name, value, metric.max, metric.min)
+        absolute = judge(metric.name, value, metric.max, metric.min)
+        if absolute.phase != SUCCESSFUL:  # over max (or no canary value): stable cannot change that
+            return absolute
+        if stable_gate is not None:
+            if stable_gate.phase == ERROR:
+                return replace(stable_gate, name=metric.name, message=f"stable side: {stable_gate.message}")
+            return judge_against_stable(metric.name, value, None, maximum=metric.max, minimum=metric.min,
+                                        max_increase=metric.max_increase, max_ratio=metric.max_ratio,
+                                        stable_unavailable=stable_gate.message)
+        assert stable is not None
+        try:
+            stable_value = await source.query_value(metric_query(metric, stable, analysis.window_seconds))
+        except QueryFailed as error:
+            return replace(judge_error(metric.name, error), message=f"stable side: query failed: {error}")
+        return judge_against_stable(metric.name, value, stable_value, maximum=metric.max, minimum=metric.min,
+                                    max_increase=metric.max_increase, max_ratio=metric.max_ratio)
 
     return tuple(await asyncio.gather(*(one(metric) for metric in analysis.metrics)))
 

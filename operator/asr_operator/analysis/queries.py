@@ -1,8 +1,9 @@
 """PromQL the operator asks Prometheus: built-in templates and safe custom-template rendering.
 
-Every built-in query selects the canary track of one rollout and one model version with the
-server's own metric names (docs/contracts.md). Values from a resource's fields only ever enter a
-query inside a double-quoted label value and are escaped there, so a crafted version string
+Every built-in query selects one track (canary, or stable for the relative bounds) of one
+rollout and one model version with the server's own metric names (docs/contracts.md), and the
+request metrics only on the inference endpoints (INFERENCE_ENDPOINT_REGEX). Values from a
+resource's fields only ever enter a query inside a double-quoted label value and are escaped there, so a crafted version string
 cannot change the query's shape.
 """
 from __future__ import annotations
@@ -53,6 +54,13 @@ def escape_label_value(value: str) -> str:
 
 
 _SERVER_ERRORS = ',code=~"5.."'
+# The inference endpoints, the only requests that judge a version. The server already counts
+# nothing else in asr_requests_total, but an older server image counted model listings, probes
+# and streams there too: selecting the endpoints keeps readiness polls from making up minRequests
+# and diluting the error rate on any image. PromQL anchors the regex (a full match).
+INFERENCE_ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad")
+INFERENCE_ENDPOINT_REGEX = "|".join(INFERENCE_ENDPOINTS)
+_INFERENCE = f',endpoint=~"{INFERENCE_ENDPOINT_REGEX}"'
 
 
 def _selector(scope: QueryScope, extra: str = "") -> str:
@@ -71,16 +79,16 @@ def window_text(window_seconds: float) -> str:
 
 
 def request_count_query(scope: QueryScope, window_seconds: float) -> str:
-    """Requests the canary version answered in the window: below minRequests means no verdict."""
-    return f"sum(increase(asr_requests_total{_selector(scope)}[{window_text(window_seconds)}]))"
+    """Inference requests the scope's version answered in the window: below minRequests, no verdict."""
+    return f"sum(increase(asr_requests_total{_selector(scope, _INFERENCE)}[{window_text(window_seconds)}]))"
 
 
 def error_rate_query(scope: QueryScope, window_seconds: float) -> str:
     # `or vector(0)`: with no 5xx at all the numerator has no series; that is a 0 % error rate,
     # while no requests at all (empty denominator) stays empty -> Inconclusive.
     window = window_text(window_seconds)
-    errors = f"sum(rate(asr_requests_total{_selector(scope, _SERVER_ERRORS)}[{window}]))"
-    total = f"sum(rate(asr_requests_total{_selector(scope)}[{window}]))"
+    errors = f"sum(rate(asr_requests_total{_selector(scope, _INFERENCE + _SERVER_ERRORS)}[{window}]))"
+    total = f"sum(rate(asr_requests_total{_selector(scope, _INFERENCE)}[{window}]))"
     return f"({errors} or vector(0)) / {total}"
 
 
@@ -88,7 +96,7 @@ def p99_latency_query(scope: QueryScope, window_seconds: float) -> str:
     window = window_text(window_seconds)
     return (
         "histogram_quantile(0.99, sum by (le) "
-        f"(rate(asr_request_duration_seconds_bucket{_selector(scope)}[{window}])))"
+        f"(rate(asr_request_duration_seconds_bucket{_selector(scope, _INFERENCE)}[{window}])))"
     )
 
 

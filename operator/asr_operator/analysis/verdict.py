@@ -20,14 +20,17 @@ ERROR = "Error"
 class Measurement:
     name: str
     phase: str
-    value: float | None = None
+    value: float | None = None          # the canary's value
     message: str = ""
+    stable_value: float | None = None   # the stable track's value, for the relative bounds
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "phase": self.phase, "message": self.message}
         # JSON has no NaN/Inf; Kubernetes would refuse the status. Show them as text.
         if self.value is not None:
             out["value"] = self.value if math.isfinite(self.value) else str(self.value)
+        if self.stable_value is not None:
+            out["stableValue"] = self.stable_value if math.isfinite(self.stable_value) else str(self.stable_value)
         return out
 
 
@@ -52,10 +55,10 @@ def judge_error(name: str, error: Exception) -> Measurement:
     return Measurement(name, ERROR, None, f"query failed: {error}")
 
 
-def too_few_requests(name: str, requests: float | None, min_requests: int) -> Measurement:
+def too_few_requests(name: str, requests: float | None, min_requests: int, track: str = "canary") -> Measurement:
     seen = 0 if requests is None or math.isnan(requests) else requests
     return Measurement(name, INCONCLUSIVE, None,
-                       f"only {seen:.0f} canary requests in the window, fewer than minRequests {min_requests}")
+                       f"only {seen:.0f} {track} requests in the window, fewer than minRequests {min_requests}")
 
 
 def tick_outcome(measurements: Sequence[Measurement]) -> str:
