@@ -95,7 +95,7 @@ def test_the_fingerprint_changes_with_the_spec_only() -> None:
     ("analysis.metrics", [{"name": "custom", "max": 1, "query": "rate(x[{{version}}])"}],
      "placeholder {{version}} must be inside a double-quoted label value"),
     ("analysis.metrics", [{"name": "custom", "max": 1, "query": 'x{a="{{pod}}"}'}], "unknown placeholder {{pod}}"),
-    ("analysis.metrics", [{"name": "error-rate", "maxIncrease": 0.1}], "spec.analysis.metrics[0].maxIncrease: only golden-set"),
+    ("analysis.metrics", [{"name": "golden-agreement", "min": 0.9, "maxIncrease": 0.1}], "spec.analysis.metrics[0].maxIncrease: golden-agreement has no stable-track"),
     ("analysis.interval", "soon", "spec.analysis.interval: 'soon' is not a duration"),
     ("analysis.failureLimit", 0, "spec.analysis.failureLimit: 0 is under 1"),
     ("analysis.prometheus", {"address": "prometheus:9090"}, "spec.analysis.prometheus.address"),
