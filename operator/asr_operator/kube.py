@@ -158,10 +158,14 @@ class KubeApi:
             "PATCH", path, dict(patch), content_type="application/merge-patch+json")
         return result
 
-    async def list(self, collection_path: str, labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        query = ""
+    async def list(self, collection_path: str, labels: Mapping[str, str] | None = None,
+                   field_selector: str | None = None) -> list[dict[str, Any]]:
+        params = []
         if labels:
-            query = "?labelSelector=" + ",".join(f"{key}={value}" for key, value in labels.items())
+            params.append("labelSelector=" + ",".join(f"{key}={value}" for key, value in labels.items()))
+        if field_selector:
+            params.append(f"fieldSelector={field_selector}")
+        query = ("?" + "&".join(params)) if params else ""
         result = await self.request("GET", collection_path + query)
         items: list[dict[str, Any]] = list(result.get("items") or [])
         if labels:  # the emulator ignores selectors; a real server already filtered

@@ -65,3 +65,10 @@ class OperatorMetrics:
 
     def error(self, namespace: str, rollout: str) -> None:
         self.reconcile_errors.labels(namespace, rollout).inc()
+
+    def forget(self, namespace: str, rollout: str) -> None:
+        """Drop every series of a deleted rollout (else /metrics reports it forever)."""
+        labels = {"namespace": namespace, "rollout": rollout}
+        for metric in (self.phase, self.weight, self.step, self.verdicts, self.rollbacks, self.promotions,
+                       self.reconcile_errors):
+            metric.remove_by_labels(labels)

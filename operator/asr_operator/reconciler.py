@@ -32,7 +32,7 @@ from .state_machine import (
 )
 from .traffic.gateway_api import GatewayApiRouter
 from .traffic.replica_ratio import ReplicaRatioRouter
-from .traffic.router import RouterError, TrafficRouter
+from .traffic.router import RouteMissing, RouterError, TrafficRouter
 
 log = logging.getLogger("asr_operator.reconciler")
 MAX_IMMEDIATE_PASSES = 4
@@ -223,9 +223,16 @@ class Reconciler:
             return
         conditions = copy.deepcopy(list(status.get("conditions") or []))
         holder = {"conditions": conditions}
-        set_condition(holder, "ChildrenReady", error is None, "Applied" if error is None else "ApplyFailed",
-                      message, self.clock())
-        await self.api.patch_rollout_status(meta["namespace"], meta["name"], {"conditions": holder["conditions"]})
+        reason = "Applied" if error is None else "RouteMissing" if isinstance(error, RouteMissing) else "ApplyFailed"
+        set_condition(holder, "ChildrenReady", error is None, reason, message, self.clock())
+        patch: dict[str, Any] = {"conditions": holder["conditions"]}
+        # `kubectl get`/`describe` readers look at the message first: it names the cause and the
+        # fix, until the children are written again.
+        if error is not None:
+            patch["message"] = f"cannot write every child: {message}"
+        elif previous:
+            patch["message"] = f"{status.get('phase') or 'Pending'}: every child written again"
+        await self.api.patch_rollout_status(meta["namespace"], meta["name"], patch)
         if error is not None:
             await self._event(body, "Warning", "ReconcileError", message)
         elif previous:
@@ -235,13 +242,19 @@ class Reconciler:
                              cache: dict[str, dict[str, Any] | None]) -> None:
         meta = owner.get("metadata") or {}
         namespace, name = meta["namespace"], meta["name"]
+        missing_route: RouteMissing | None = None
         for action in decision.actions:
             if isinstance(action, EnsureServices):
                 for track in children.TRACKS:
                     await self._ensure(kube.service_path(namespace), children.deployment_name(name, track),
                                        children.track_service(namespace, name, track, owner), cache)
             elif isinstance(action, SetWeight):
-                await self.router(namespace, name, spec, cache).set_weight(action.weight, dict(owner))
+                try:
+                    await self.router(namespace, name, spec, cache).set_weight(action.weight, dict(owner))
+                except RouteMissing as error:
+                    # No route, no traffic through it: the other children are safe to write (any
+                    # other router error stops here, so a ConfigMap never changes under traffic).
+                    missing_route = error
             elif isinstance(action, EnsureConfigMap):
                 await self._ensure(kube.configmap_path(namespace), children.configmap_name(name, action.track),
                                    children.configmap(namespace, name, action.track, action.model, owner), cache)
@@ -249,6 +262,8 @@ class Reconciler:
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,
                                                        action.version, action.template, owner), cache)
+        if missing_route is not None:
+            raise missing_route
 
     async def _ensure(self, collection: str, name: str, desired: dict[str, Any],
                       cache: dict[str, dict[str, Any] | None]) -> None:

@@ -147,7 +147,7 @@ class ControlPlane:
         return process.log_tail(chars) if process else ""
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        self.processes[name] = ManagedProcess(argv, self.workdir / f"{name}.log").start()
+        self.processes[name] = ManagedProcess(argv, self.workdir / f"{name}.log", die_with_parent=True).start()
 
     def _audit_policy(self) -> Path:
         path = self.workdir / "audit-policy.yaml"

@@ -32,12 +32,21 @@ def stop_process_group(proc: subprocess.Popen[bytes] | None, grace: float) -> No
         pass
 
 
+def _kill_me_with_parent() -> None:
+    """Linux: SIGKILL this child when the process that started it dies, even by SIGKILL (a test
+    run killed by a timeout must not leave servers behind)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class ManagedProcess:
     """A child process whose output goes to `log_path`; `kill()` sends SIGKILL (a crash),
     `stop()` SIGTERM then SIGKILL. Never touches processes it did not start."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, die_with_parent: bool = False) -> None:
+        self.die_with_parent = die_with_parent
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
@@ -48,7 +57,8 @@ class ManagedProcess:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+                                         env=self.env, cwd=self.cwd, start_new_session=True,
+                                         preexec_fn=_kill_me_with_parent if self.die_with_parent else None)
         finally:
             log.close()
         return self

@@ -160,9 +160,18 @@ def test_every_call_the_operator_makes_is_granted(recorded: tuple[dict[str, Any]
     assert not missing, f"the operator calls these but the chart does not grant them: {sorted(missing)}"
 
 
+# Grants no request of the operator uses, each with the reason it is needed all the same.
+NEEDED_WITHOUT_A_CALL: dict[Grant, str] = {
+    ("asr.rollout.dev", "asrmodelrollouts/finalizers", "update"):
+        "OwnerReferencesPermissionEnforcement (OpenShift) refuses to create a child whose ownerReference "
+        "sets blockOwnerDeletion unless the creator may update the owner's finalizers; "
+        "tests/real_api/test_chart_rbac_on_api_server.py shows the 403 without it",
+}
+
+
 def test_nothing_is_granted_that_the_operator_does_not_use(recorded: tuple[dict[str, Any], set[Grant]]) -> None:
     values, used = recorded
-    unused = granted(chart_rules(values)) - used
+    unused = granted(chart_rules(values)) - used - set(NEEDED_WITHOUT_A_CALL)
     assert not unused, f"the chart grants these but the operator never used them: {sorted(unused)}"
 
 

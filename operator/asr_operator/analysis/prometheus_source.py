@@ -45,6 +45,36 @@ def _parse_result(result: Any) -> list[Sample]:
     return samples
 
 
+def describe_query_error(address: str, error: BaseException, timeout_seconds: float) -> str:
+    """What went wrong asking Prometheus, said for a person reading `status.message`: the cause
+    and what to check, never the request URL (it holds the whole URL-encoded query)."""
+    import requests
+    if isinstance(error, requests.exceptions.ConnectionError):
+        if isinstance(error, requests.exceptions.ConnectTimeout):
+            cause = f"did not accept a connection within {timeout_seconds:g}s"
+        else:
+            cause = "is unreachable (connection refused or no such host)"
+        return (f"Prometheus at {address} {cause}; check spec.analysis.prometheus.address "
+                "and that Prometheus runs and is reachable from the operator")
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"Prometheus at {address} did not answer within {timeout_seconds:g}s; it may be overloaded"
+    text = str(error)
+    # prometheus-api-client: "HTTP Status Code 400 (b'{...\"error\":\"parse error...\"}')"
+    marker = '"error":"'
+    if marker in text:
+        detail = text.split(marker, 1)[1].split('"', 1)[0]
+        return f"Prometheus at {address} refused the query: {_shorten(detail, 240)}"
+    return f"Prometheus at {address}: {type(error).__name__}: {_shorten(text, 240)}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a word boundary with an ellipsis."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " …"
+
+
 class PrometheusSource(MetricSource):
     def __init__(self, address: str, timeout_seconds: float = 3.0):
         from prometheus_api_client import PrometheusConnect
@@ -61,7 +91,7 @@ class PrometheusSource(MetricSource):
         except QueryFailed:
             raise
         except Exception as error:  # connection refused, timeout, HTTP 400 on bad PromQL, bad JSON
-            raise QueryFailed(f"Prometheus at {self.address}: {type(error).__name__}: {error}"[:400]) from error
+            raise QueryFailed(describe_query_error(self.address, error, self._timeout)) from error
 
     async def query(self, promql: str) -> list[Sample]:
         return await asyncio.to_thread(self._query_blocking, promql)

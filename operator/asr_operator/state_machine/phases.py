@@ -12,3 +12,4 @@ FAILED_PHASE = "Failed"
 CANARY_PHASES = (PROGRESSING, PAUSED)
 
 MANUAL_PAUSE = "ManualPause"  # the Paused condition's reason at a `pause: {}` step
+FINISHED_PHASES = (SUCCEEDED, ROLLED_BACK, FAILED_PHASE)  # no canary step runs in these

@@ -12,7 +12,7 @@ from ..spec import ModelRef, PodTemplate, RolloutSpec
 from .conditions import set_condition
 from .decision import EmitEvent
 from .observations import Observations
-from .phases import PROGRESSING, PROMOTING, ROLLING_BACK, SUCCEEDED
+from .phases import FINISHED_PHASES, PROGRESSING, PROMOTING, ROLLING_BACK, SUCCEEDED
 
 
 HISTORY_LIMIT = 20
@@ -82,6 +82,9 @@ class Tick:
     def enter(self, phase: str, message: str) -> None:
         self.s["phase"] = phase
         self.s["message"] = message
+        if phase in FINISHED_PHASES:
+            # No step is running: `kubectl get` must not show the last one as current.
+            self.s["currentStep"] = None
 
     def stamp(self, key: str) -> None:
         self.s[key] = format_time(self.now)

@@ -9,7 +9,9 @@ import copy
 from typing import Any
 
 from .. import kube
-from .router import RouterError, TrafficRouter
+from .router import RouteMissing, RouterError, TrafficRouter
+
+GATEWAY_API_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 
 
 def _is_service_ref(ref: dict[str, Any], name: str) -> bool:
@@ -75,9 +77,15 @@ class GatewayApiRouter(TrafficRouter):
     async def _get_route(self) -> dict[str, Any]:
         route = await self._api.get(kube.httproute_path(self._namespace, self._route))
         if route is None:
-            raise RouterError(
+            if await self._api.get(f"/apis/{GATEWAY_API_GROUP_VERSION}") is None:
+                raise RouteMissing(
+                    f"the Gateway API ({GATEWAY_API_GROUP_VERSION} HTTPRoute) is not installed in this cluster, so "
+                    f"HTTPRoute {self._namespace}/{self._route} (spec.traffic.gatewayAPI.httpRoute) cannot exist; "
+                    "install the Gateway API CRDs (standard channel, v1.0 or later) and create the route, "
+                    "or use traffic.replicaRatio: {}")
+            raise RouteMissing(
                 f"HTTPRoute {self._namespace}/{self._route} (spec.traffic.gatewayAPI.httpRoute) does not exist; "
-                f"create it with a backendRef to Service {self._stable}, or use traffic.replicaRatio: {{}}")
+                f"create it with a backendRef to Service {self._stable} (port 8000), or use traffic.replicaRatio: {{}}")
         return route
 
     async def set_weight(self, weight: int, owner: dict[str, Any]) -> None:

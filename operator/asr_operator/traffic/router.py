@@ -9,6 +9,11 @@ class RouterError(Exception):
     """The route cannot be read or written; the message says what to fix."""
 
 
+class RouteMissing(RouterError):
+    """The route (or its API) does not exist: no traffic can reach the canary through it, so
+    everything else a rollout owns can still be written safely."""
+
+
 class TrafficRouter(abc.ABC):
     #: True when the provider can only approximate the requested weight.
     approximate: bool = False

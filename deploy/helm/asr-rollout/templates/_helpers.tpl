@@ -56,6 +56,12 @@ Peering rules are added by rbac.yaml for the mode in use.
 - apiGroups: ["asr.rollout.dev"]
   resources: ["asrmodelrollouts"]
   verbs: ["get", "list", "watch", "patch"]
+# Never called by the operator itself: the children's ownerReferences set blockOwnerDeletion,
+# which the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) allows only
+# to users who may update the owner's finalizers.
+- apiGroups: ["asr.rollout.dev"]
+  resources: ["asrmodelrollouts/finalizers"]
+  verbs: ["update"]
 # Status only through the status subresource.
 - apiGroups: ["asr.rollout.dev"]
   resources: ["asrmodelrollouts/status"]
