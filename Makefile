@@ -10,7 +10,7 @@ PIP     := $(PY) -m pip
 ASSETS  := .assets
 # The CPU build of torch; a plain `torch` would pull a multi-GB CUDA build.
 TORCH   := torch==2.13.0
-DEB_PACKAGES := prometheus espeak-ng sox
+DEB_PACKAGES := prometheus espeak-ng sox etcd-server xz-utils
 export PYTHONPATH := operator:sandbox:.
 
 .PHONY: help setup system-packages venv assets test test-fast demo bench-server bench-operator bench-e2e typecheck clean
@@ -27,6 +27,8 @@ system-packages:
 	command -v promtool   >/dev/null || missing="$$missing prometheus"; \
 	command -v espeak-ng  >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox        >/dev/null || missing="$$missing sox"; \
+	command -v etcd       >/dev/null || missing="$$missing etcd-server"; \
+	command -v xz         >/dev/null || missing="$$missing xz-utils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES); \

@@ -247,6 +247,7 @@ def test_breach_rolls_back_and_reverts_the_canary_configmap(scenario: Scenario) 
 
     assert final["failedVersion"] == "v2"
     assert final.get("canaryWeight", 0) == 0
+    assert final.get("currentStep") is None  # `kubectl get`'s Step column shows no step once rolled back
     assert config_of(s.kube, ns, name, "canary")["path"] == "paraformer-tiny/v1"  # reverted
     assert config_of(s.kube, ns, name, "stable")["path"] == "paraformer-tiny/v1"
     assert replicas_of(s.kube, ns, name, "canary") == 0
