@@ -31,13 +31,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"{REQUIRE_ENV}=1 but the real Kubernetes API cannot start: {reason}")
     for item in marked:
         item.add_marker(pytest.mark.skip(reason=reason))
-    _skipped_real_api[:] = [reason, str(len(marked))]
+    _skipped_real_api[:] = [reason]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _skipped_real_api:
-        reason, count = _skipped_real_api
-        terminalreporter.write_line(f"NOTE: {count} tests of the {reason}", yellow=True, bold=True)
+    if not _skipped_real_api:
+        return
+    count = sum(1 for report in terminalreporter.stats.get("skipped", [])
+                if "real-API tier skipped" in str(getattr(report, "longrepr", "")))
+    if count:
+        terminalreporter.write_line(f"NOTE: {count} tests of the {_skipped_real_api[0]}", yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")
