@@ -298,6 +298,11 @@ def test_prometheus_down_never_promotes(scenario: Scenario) -> None:
                                            "analysis": {"prometheus": {"address": f"http://127.0.0.1:{free_port()}"}}}})
     paused = s.phase(name, "Paused", timeout=45)
     assert all(m["phase"] == "Error" for m in paused["analysis"]["metrics"]), paused["analysis"]
+    # Each says what is wrong and what to check, not the request URL with its encoded query.
+    for measured in paused["analysis"]["metrics"]:
+        text = measured.get("message", "")
+        assert "is unreachable" in text and "spec.analysis.prometheus.address" in text, measured
+        assert "/api/v1/query" not in text and "%7B" not in text, measured
     time.sleep(3)
     later = status(s.kube, ns, name)
     assert later["phase"] == "Paused" and later["stableVersion"] == "v1"
