@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,20 @@ def operator(argv_tail: list[str], kubeconfig: Path, log: Path) -> tuple[Managed
     return ManagedProcess(argv, log, env=env, cwd=REPO_ROOT).start(), metrics_port
 
 
+@contextmanager
+def operator_in(namespace: str, plane: ControlPlane, kube: KubeClient, pods: FakePods, log: Path,
+                flags: tuple[str, ...] = ("--standalone",)) -> Iterator[tuple[ManagedProcess, int]]:
+    """An operator watching `namespace` (created), its pods played by the fake kubelet."""
+    kube.ensure_namespace(namespace)
+    pods.watch(namespace, "meeting", default=GOOD)
+    process, metrics_port = operator([*flags, "--namespace", namespace], plane.kubeconfig, log)
+    try:
+        yield process, metrics_port
+    finally:
+        process.stop()
+        pods.forget(namespace)
+
+
 def phase_is(kube: KubeClient, namespace: str, name: str, *phases: str) -> Any:
     current = status(kube, namespace, name)
     return current if current.get("phase") in phases else None
@@ -82,11 +97,8 @@ def phase_is(kube: KubeClient, namespace: str, name: str, *phases: str) -> Any:
 def test_the_readme_command_works_without_a_peering_object(
         control_plane: ControlPlane, kube: KubeClient, pods: FakePods, tmp_path: Path) -> None:
     ns = "readme-command"
-    kube.ensure_namespace(ns)
-    pods.watch(ns, "meeting", default=GOOD)
     # Exactly the README's command (plus free ports): peering on, scanning on, no KopfPeering.
-    process, _ = operator(["--namespace", ns], control_plane.kubeconfig, tmp_path / "operator.log")
-    try:
+    with operator_in(ns, control_plane, kube, pods, tmp_path / "operator.log", flags=()) as (process, _):
         kube.create(manual_rollout(ns, "meeting"))
         wait_for(lambda: phase_is(kube, ns, "meeting", "Succeeded"), 60, "the first version to succeed",
                  context=process.log_tail)
@@ -94,9 +106,6 @@ def test_the_readme_command_works_without_a_peering_object(
         warning = [line for line in log.splitlines() if "WARNING" in line and "KopfPeering asr-rollout" in line]
         assert warning, log[-3000:]
         assert "--standalone" in warning[0] and "peering.yaml" in warning[0], warning[0]
-    finally:
-        process.stop()
-        pods.forget(ns)
 
 
 def children_of(kube: KubeClient, namespace: str, name: str) -> dict[str, bool]:
@@ -114,10 +123,7 @@ def route_condition(kube: KubeClient, namespace: str, name: str) -> dict[str, An
 def test_a_missing_httproute_leaves_the_other_children_written_and_is_named(
         control_plane: ControlPlane, kube: KubeClient, pods: FakePods, tmp_path: Path) -> None:
     ns = "missing-route"
-    kube.ensure_namespace(ns)
-    pods.watch(ns, "meeting", default=GOOD)
-    process, _ = operator(["--standalone", "--namespace", ns], control_plane.kubeconfig, tmp_path / "operator.log")
-    try:
+    with operator_in(ns, control_plane, kube, pods, tmp_path / "operator.log") as (process, _):
         kube.create(manual_rollout(ns, "meeting", route="meeting-route"))
         cond = wait_for(lambda: route_condition(kube, ns, "meeting"), 30, "ChildrenReady=False",
                         context=process.log_tail)
@@ -139,29 +145,22 @@ def test_a_missing_httproute_leaves_the_other_children_written_and_is_named(
         refs = kube.get("gateway.networking.k8s.io/v1", "httproutes", ns, "meeting-route")["spec"]["rules"][0]
         assert {r["name"]: r.get("weight") for r in refs["backendRefs"]}["meeting-stable"] == 100
         assert "meeting-route" not in status(kube, ns, "meeting").get("message", "")
-    finally:
-        process.stop()
-        pods.forget(ns)
 
 
 def test_a_missing_gateway_api_is_named_with_what_to_install(
         control_plane: ControlPlane, kube: KubeClient, pods: FakePods, tmp_path: Path) -> None:
     ns = "no-gateway-api"
-    kube.ensure_namespace(ns)
     control_plane.delete_crd(HTTPROUTE_CRD_NAME)
-    pods.watch(ns, "meeting", default=GOOD)
-    process, _ = operator(["--standalone", "--namespace", ns], control_plane.kubeconfig, tmp_path / "operator.log")
     try:
-        kube.create(manual_rollout(ns, "meeting", route="meeting-route"))
-        cond = wait_for(lambda: route_condition(kube, ns, "meeting"), 30, "ChildrenReady=False",
-                        context=process.log_tail)
-        assert "Gateway API" in cond["message"] and "is not installed" in cond["message"], cond
-        assert "install the Gateway API CRDs" in cond["message"], cond
-        wait_for(lambda: all(children_of(kube, ns, "meeting").values()), 30, "every child but the route",
-                 context=lambda: f"{children_of(kube, ns, 'meeting')}\n{process.log_tail()}")
+        with operator_in(ns, control_plane, kube, pods, tmp_path / "operator.log") as (process, _):
+            kube.create(manual_rollout(ns, "meeting", route="meeting-route"))
+            cond = wait_for(lambda: route_condition(kube, ns, "meeting"), 30, "ChildrenReady=False",
+                            context=process.log_tail)
+            assert "Gateway API" in cond["message"] and "is not installed" in cond["message"], cond
+            assert "install the Gateway API CRDs" in cond["message"], cond
+            wait_for(lambda: all(children_of(kube, ns, "meeting").values()), 30, "every child but the route",
+                     context=lambda: f"{children_of(kube, ns, 'meeting')}\n{process.log_tail()}")
     finally:
-        process.stop()
-        pods.forget(ns)
         control_plane.apply_crd(gateway_api_crd())
 
 
@@ -172,11 +171,7 @@ def operator_samples(port: int) -> str:
 def test_deletion_collects_every_child_and_stops_cleanly(
         control_plane: ControlPlane, kube: KubeClient, pods: FakePods, tmp_path: Path) -> None:
     ns = "deletion"
-    kube.ensure_namespace(ns)
-    pods.watch(ns, "meeting", default=GOOD)
-    process, metrics_port = operator(["--standalone", "--namespace", ns], control_plane.kubeconfig,
-                                     tmp_path / "operator.log")
-    try:
+    with operator_in(ns, control_plane, kube, pods, tmp_path / "operator.log") as (process, metrics_port):
         kube.create(manual_rollout(ns, "meeting"))
         wait_for(lambda: phase_is(kube, ns, "meeting", "Succeeded"), 60, "Succeeded", context=process.log_tail)
         kube.patch(*RO, ns, "meeting", {"spec": {"model": model("v2")}})
@@ -198,9 +193,6 @@ def test_deletion_collects_every_child_and_stops_cleanly(
         time.sleep(1)
         assert 'rollout="meeting"' not in operator_samples(metrics_port)
         assert "Will escalate" not in process.log_tail(200_000)
-    finally:
-        process.stop()
-        pods.forget(ns)
 
 
 def service_account_token(kube: KubeClient, namespace: str, name: str) -> str:

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asr_sandbox import ConfigMapDir, ServerProcess
 from tests.support.audio_fuzz import mangled_wavs
+from tests.support.forms import form
 
 # FSMN-VAD pads 200 ms of look-back before speech and up to ~300 ms after it (look-ahead plus the
 # end-silence frames), and espeak-ng's own onsets are soft: segments land within 400 ms of truth.
@@ -30,13 +31,6 @@ def server(api_server: tuple[ServerProcess, ConfigMapDir]) -> ServerProcess:
     return api_server[0]
 
 
-def form(data: bytes | None, filename: str = "clip.wav", **fields: str) -> aiohttp.FormData:
-    f = aiohttp.FormData(default_to_multipart=True)
-    if data is not None:
-        f.add_field("file", data, filename=filename, content_type="audio/wav")
-    for key, value in fields.items():
-        f.add_field(key, value)
-    return f
 
 
 async def post(server: ServerProcess, path: str, data: Any, **kw: Any) -> tuple[int, Any, dict[str, str]]:

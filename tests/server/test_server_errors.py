@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from asr_sandbox import model_config
+from tests.support.forms import form
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +21,11 @@ def timeout_server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, 
     server.stop()
 
 
-def form(data: bytes) -> aiohttp.FormData:
-    f = aiohttp.FormData(default_to_multipart=True)
-    f.add_field("file", data, filename="clip.wav", content_type="audio/wav")
-    f.add_field("model", "paraformer-tiny")
-    return f
 
 
 async def test_5xx_with_a_model_in_use_carries_the_version_headers(timeout_server, audio) -> None:
     async with aiohttp.ClientSession() as s:
-        async with s.post(timeout_server.url + "/v1/audio/transcriptions", data=form(audio("long_40s.wav"))) as r:
+        async with s.post(timeout_server.url + "/v1/audio/transcriptions", data=form(audio("long_40s.wav"), model="paraformer-tiny")) as r:
             body = await r.json()
             assert r.status == 504, body
             assert body["error"]["type"] == "timeout"
@@ -41,6 +37,6 @@ async def test_5xx_with_a_model_in_use_carries_the_version_headers(timeout_serve
 async def test_4xx_before_a_model_is_leased_names_no_version(timeout_server) -> None:
     """A request refused before any version was involved must not be attributed to one."""
     async with aiohttp.ClientSession() as s:
-        async with s.post(timeout_server.url + "/v1/audio/transcriptions", data=form(b"not audio")) as r:
+        async with s.post(timeout_server.url + "/v1/audio/transcriptions", data=form(b"not audio", model="paraformer-tiny")) as r:
             assert r.status == 400
             assert "X-Model-Version" not in r.headers

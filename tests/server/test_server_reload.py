@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from asr_sandbox import ConfigMapDir, ServerProcess, model_config
+from tests.support.forms import form
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,6 @@ def reload_server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, s
     server.stop()
 
 
-def form(data: bytes, **fields: str) -> aiohttp.FormData:
-    f = aiohttp.FormData(default_to_multipart=True)
-    f.add_field("file", data, filename="clip.wav", content_type="audio/wav")
-    for k, v in fields.items():
-        f.add_field(k, v)
-    return f
 
 
 def reloads(server: ServerProcess) -> dict[tuple[str, str], float]:

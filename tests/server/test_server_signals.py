@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asr_operator.analysis.queries import INFERENCE_ENDPOINT_REGEX
 from asr_sandbox import ConfigMapDir, ServerProcess, model_config
+from tests.support.forms import form
 
 POD = {"namespace": "speech", "rollout": "meeting-zh", "track": "canary", "pod": "meeting-zh-canary-0"}
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -62,11 +63,6 @@ def builtin_error_rate(samples: Samples, version: str, endpoint_regex: str | Non
     return errors / total
 
 
-def form(data: bytes) -> aiohttp.FormData:
-    f = aiohttp.FormData(default_to_multipart=True)
-    f.add_field("file", data, filename="clip.wav", content_type="audio/wav")
-    f.add_field("model", "paraformer-tiny")
-    return f
 
 
 async def test_a_thousand_model_polls_and_one_failed_transcription_is_error_rate_1(signals_server, audio) -> None:
@@ -83,7 +79,7 @@ async def test_a_thousand_model_polls_and_one_failed_transcription_is_error_rate
             await poll(path, 3)
         async with s.post(server.url + "/admin/reload") as r:
             assert r.status == 401
-        async with s.post(server.url + "/v1/audio/transcriptions", data=form(audio("long_40s.wav"))) as r:
+        async with s.post(server.url + "/v1/audio/transcriptions", data=form(audio("long_40s.wav"), model="paraformer-tiny")) as r:
             assert r.status == 504, await r.text()
             version = r.headers["X-Model-Version"]
     samples = scrape(server)
