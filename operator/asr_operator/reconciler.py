@@ -154,7 +154,9 @@ class Reconciler:
             stable_version = str(status.get("stableVersion") or "")
             stable_scope = QueryScope(namespace=namespace, rollout=name, track="stable",
                                       version=stable_version) if stable_version else None
-            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope))
+            stable_serves_traffic = int(status.get("canaryWeight") or 0) < 100
+            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope,
+                                                           stable_serves_traffic))
         if needs.served_versions:
             served = await self._served_versions(spec, namespace, name, "stable")
         canary_versions = None

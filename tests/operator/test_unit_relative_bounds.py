@@ -170,6 +170,18 @@ async def test_relative_within_bounds_passes_with_both_values() -> None:
     assert (p99.phase, p99.value, p99.stable_value) == (SUCCESSFUL, 0.4, 0.3)
 
 
+async def test_at_weight_100_stable_serves_nothing_so_only_absolute_bounds_apply() -> None:
+    """At weight 100 the stable pods get no requests: demanding stable minRequests there would
+    hold every rollout with relative bounds at its last step forever (seen in the e2e story)."""
+    source = TrackSource({"requests": 100, "p99": 0.9}, {"requests": 0})
+    p99, = await measure(source, spec_with(P99_RELATIVE[:1]), CANARY, STABLE, stable_serves_traffic=False)
+    assert p99.phase == SUCCESSFUL and "relative bounds not applied" in p99.message
+    assert not [q for q in source.asked if 'track="stable"' in q]
+    over, = await measure(TrackSource({"requests": 100, "p99": 2.5}, {}), spec_with(P99_RELATIVE[:1]), CANARY,
+                          STABLE, stable_serves_traffic=False)
+    assert over.phase == FAILED
+
+
 def test_cli_status_shows_the_stable_value_next_to_the_canary_value() -> None:
     from asr_operator import cli
 

@@ -76,7 +76,12 @@ async def test_concurrent_clients_during_repeated_reloads_every_request_200_on_o
             # alternate the two ways a config changes: ConfigMap symlink swap and a plain edit
             (cm.swap if i % 4 < 2 else cm.edit_in_place)(model_config(version))
             await asyncio.to_thread(server.wait_serving, version)
-            await asyncio.sleep(0.2)  # let traffic run on the new version
+            # Let traffic run on the new version: a few answers from it, however busy the machine.
+            answered = len(results)
+            for _ in range(600):
+                if sum(1 for _, header, _ in results[answered:] if header == version) >= 3:
+                    break
+                await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*clients)
 
@@ -84,7 +89,7 @@ async def test_concurrent_clients_during_repeated_reloads_every_request_200_on_o
     assert statuses == Counter({200: len(results)}), statuses
     assert all(header == body for _, header, body in results), "a response mixed two versions"
     seen = Counter(header for _, header, _ in results)
-    assert set(seen) == {"v1", "v2"} and len(results) > 40, seen
+    assert set(seen) == {"v1", "v2"} and len(results) >= 3 * swaps, seen
     assert reloads(server)[("success", "ok")] - before == swaps
     _, models = server.get_json("/v1/models")
     assert models["serving"]["version"] == "v1" and models["versions"] == {"v1": "READY"}

@@ -35,18 +35,24 @@ async def _request_gate(source: MetricSource, analysis: AnalysisSpec, scope: que
     return None
 
 
+STABLE_WITHOUT_TRAFFIC = ("relative bounds not applied: at weight 100 the stable track serves no traffic to "
+                          "compare with (they were judged at the earlier weights)")
+
+
 async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope,
-                  stable: queries.QueryScope | None = None) -> tuple[Measurement, ...]:
+                  stable: queries.QueryScope | None = None,
+                  stable_serves_traffic: bool = True) -> tuple[Measurement, ...]:
     """Every metric gets a verdict. Too few requests makes all traffic metrics Inconclusive: a
     quiet canary has proven nothing, however good its numbers look. Relative bounds
     (maxIncrease, maxRatio) compare with the same query on `stable` (the stable track's scope),
     which needs minRequests of its own. The golden-set metrics measure the version itself, not
-    its traffic, and compare it with `stable`."""
+    its traffic, and compare it with `stable`. At weight 100 (`stable_serves_traffic` False) the
+    stable pods get no requests, so traffic metrics are held to their absolute bounds only."""
     gate: Measurement | None = None  # the verdict every traffic metric gets (name set below)
     if any(metric.kind not in golden.GOLDEN_METRICS for metric in analysis.metrics):
         gate = await _request_gate(source, analysis, scope)
     stable_gate: Measurement | None = None  # why the stable side cannot be compared, if it cannot
-    if gate is None and any(has_relative_bounds(metric) for metric in analysis.metrics):
+    if gate is None and stable_serves_traffic and any(has_relative_bounds(metric) for metric in analysis.metrics):
         if stable is None:
             stable_gate = Measurement("", INCONCLUSIVE, None,
                                       "there is no stable version yet (status.stableVersion is empty)")
@@ -64,6 +70,9 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
             return judge_error(metric.name, error)
         if not has_relative_bounds(metric):
             return judge(metric.name, value, metric.max, metric.min)
+        if not stable_serves_traffic:
+            verdict = judge(metric.name, value, metric.max, metric.min)
+            return replace(verdict, message=f"{verdict.message}; {STABLE_WITHOUT_TRAFFIC}")
         absolute = judge(metric.name, value, metric.max, metric.min)
         if absolute.phase != SUCCESSFUL:  # over max (or no canary value): stable cannot change that
             return absolute
