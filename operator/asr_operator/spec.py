@@ -468,7 +468,7 @@ def _limit_action(check: _Checker, value: Any, path: str) -> str:
 
 def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:
     name = item.get("name")
-    known = (*queries.BUILTIN_METRICS, *golden.GOLDEN_METRICS, queries.CUSTOM_METRIC)
+    known = (*queries.BUILTIN_METRICS, *queries.RESOURCE_METRICS, *golden.GOLDEN_METRICS, queries.CUSTOM_METRIC)
     if name in queries.PENDING_METRICS:
         check.fail(f"{path}.name", f"{name!r} is not implemented by this operator version yet; "
                                    f"remove it or use one of {', '.join(known)}")

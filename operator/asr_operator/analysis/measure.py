@@ -43,7 +43,7 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
     which needs minRequests of its own. The golden-set metrics measure the version itself, not
     its traffic, and compare it with `stable`."""
     gate: Measurement | None = None  # the verdict every traffic metric gets (name set below)
-    if any(metric.kind not in golden.GOLDEN_METRICS for metric in analysis.metrics):
+    if any(metric.kind not in golden.GOLDEN_METRICS + queries.RESOURCE_METRICS for metric in analysis.metrics):
         gate = await _request_gate(source, analysis, scope)
     stable_gate: Measurement | None = None  # why the stable side cannot be compared, if it cannot
     if gate is None and any(has_relative_bounds(metric) for metric in analysis.metrics):
@@ -56,6 +56,12 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
     async def one(metric: MetricSpec) -> Measurement:
         if metric.kind in golden.GOLDEN_METRICS:
             return await golden.measure_golden(source, metric, scope, stable)
+        if metric.kind in queries.RESOURCE_METRICS:  # the pods' resources, not their traffic: no gate
+            try:
+                value = await source.query_value(metric_query(metric, scope, analysis.window_seconds))
+            except QueryFailed as error:
+                return judge_error(metric.name, error)
+            return judge(metric.name, value, metric.max, metric.min)
         if gate is not None:
             return replace(gate, name=metric.name)
         try:
