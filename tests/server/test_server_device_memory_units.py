@@ -130,3 +130,16 @@ def test_cgroup_limits_v2_v1_and_none(tmp_path: Path) -> None:
     assert cpu_headroom(50, v1, rss=100).bytes == 0
     assert cpu_headroom(None, tmp_path / "none", rss=100).bytes is None
     assert cpu_headroom(1000, tmp_path / "none", rss=100).bytes == 900
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA: gpu-check runs for real")
+def test_gpu_check_without_cuda_prints_one_skipped_line_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from asr_sandbox.gpu_check import main
+
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    line = json.loads(lines[0])
+    assert line["skipped"] is True and "no CUDA device" in line["reason"]
