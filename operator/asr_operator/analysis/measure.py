@@ -93,3 +93,9 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
 async def served_versions(source: MetricSource, namespace: str, rollout: str, track: str) -> dict[str, int]:
     samples = await source.query(queries.served_versions_query(namespace, rollout, track))
     return {str(labels.get("version", "")): int(value) for labels, value in samples}
+
+
+async def can_load_beside(source: MetricSource, namespace: str, rollout: str, track: str) -> list[float]:
+    """asr_model_can_load_beside of each of a track's pods (one value per pod that reports)."""
+    samples = await source.query(queries.can_load_beside_query(namespace, rollout, track))
+    return [float(value) for _, value in samples]

@@ -153,6 +153,16 @@ def served_versions_query(namespace: str, rollout: str, track: str) -> str:
     return f"count by (version) (asr_model_info{{{labels}}} == 1)"
 
 
+def can_load_beside_query(namespace: str, rollout: str, track: str) -> str:
+    """Per pod: 1 where the server has room to hot-load a version beside the serving one."""
+    labels = (
+        f'namespace="{escape_label_value(namespace)}",'
+        f'rollout="{escape_label_value(rollout)}",'
+        f'track="{escape_label_value(track)}"'
+    )
+    return f"max by (pod) (asr_model_can_load_beside{{{labels}}})"
+
+
 def check_custom_template(template: str) -> list[str]:
     """Problems with a custom query template (empty list: fine).
 
