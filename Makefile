@@ -13,10 +13,10 @@ TORCH   := torch==2.13.0
 DEB_PACKAGES := prometheus espeak-ng sox etcd-server xz-utils
 export PYTHONPATH := operator:sandbox:.
 
-.PHONY: help setup system-packages venv assets test test-fast demo bench-server bench-operator bench-e2e typecheck clean
+.PHONY: help setup system-packages venv assets test test-fast demo bench-server bench-operator bench-e2e gpu-check typecheck clean
 
 help:
-	@echo "make setup | test | demo | bench-server | bench-operator | bench-e2e | typecheck | clean"
+	@echo "make setup | test | demo | bench-server | bench-operator | bench-e2e | gpu-check | typecheck | clean"
 
 setup: system-packages venv assets
 
@@ -69,6 +69,11 @@ bench-operator: setup
 
 bench-e2e: setup
 	$(PY) -m asr_sandbox.bench_e2e --assets $(ASSETS)
+
+# CUDA checks of the server (JSON lines); one "skipped" line where no CUDA device exists.
+# GPU_CHECK_ARGS="--device cpu --quick" runs the same checks on CPU.
+gpu-check: setup
+	$(PY) -m asr_sandbox.gpu_check --assets $(ASSETS) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(ASSETS) reports .pytest_cache .mypy_cache

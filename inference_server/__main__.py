@@ -36,7 +36,8 @@ async def serve(settings: ServerSettings) -> int:
 
     log = logging.getLogger("inference_server")
     metrics = ServerMetrics(pod_labels_from_env())
-    slot = ModelSlot(settings.model_config, settings.models_root, metrics, load_nice=settings.load_nice)
+    slot = ModelSlot(settings.model_config, settings.models_root, metrics, load_nice=settings.load_nice,
+                     device=settings.device, memory_limit_bytes=settings.memory_limit_bytes)
     state = ServerState(settings=settings, metrics=metrics, slot=slot,
                         scheduler=InferenceScheduler(metrics, settings.max_queue, settings.request_timeout_s))
     runner = web.AppRunner(build_app(state), handle_signals=False, shutdown_timeout=settings.drain_timeout_s,

@@ -256,6 +256,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 async def metrics(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.metrics.update_gpu_memory()
+    state.slot.publish_memory()
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from inference_server.device import check_device_name
 from inference_server.golden import GoldenSetError
 from inference_server.golden import check_options as check_golden_options
 
@@ -19,7 +20,8 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 SERVER_OPTIONS: dict[str, Any] = {
     "max_segment_ms": 30000,          # longer VAD segments are cut into pieces of at most this
     "vad_max_end_silence_ms": 500,    # FSMN-VAD end-of-speech silence (1.4.16 needs it explicit)
-    "device": "cpu",                  # "cuda" / "cuda:0" where a GPU exists; falls back to cpu
+    "device": None,                   # auto | cpu | cuda | cuda:N; the server's --device / ASR_DEVICE wins
+                                      # when set (inference_server.device.wanted_device says why)
     "ncpu": 2,                        # torch threads (process-wide, set by FunASR)
     "golden_cer_max": None,           # golden-set CER ceiling: a version over it never turns ready
     "golden_interval_s": 0,           # re-run the serving version's golden set every N s (0: at load only)
@@ -96,6 +98,11 @@ def parse_model_config(text: str, source: str = "model config") -> ModelConfig:
     max_segment = options.get("max_segment_ms", SERVER_OPTIONS["max_segment_ms"])
     if not isinstance(max_segment, int) or max_segment < 1000:
         raise ConfigError(f"{source}: options.max_segment_ms must be an integer >= 1000")
+    device = options.get("device")
+    if device is not None:
+        problem = check_device_name(str(device))
+        if problem is not None:
+            raise ConfigError(f"{source}: options.{problem}")
     try:
         check_golden_options(options, source)
     except GoldenSetError as exc:

@@ -69,6 +69,17 @@ class ServerMetrics:
                                      p + ["model", "version", "code"], registry=r)
         self.gpu_memory = Gauge("asr_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated per device",
                                 p + ["device"], registry=r)
+        self.gpu_memory_used = Gauge("asr_gpu_memory_used_bytes", "Device memory in use (total - free, "
+                                     "torch.cuda.mem_get_info; every process on the device)",
+                                     p + ["device"], registry=r)
+        self.gpu_memory_total = Gauge("asr_gpu_memory_total_bytes", "Device memory in all", p + ["device"], registry=r)
+        self.memory_headroom = Gauge("asr_memory_headroom_bytes", "Memory free for loading another version "
+                                     "beside the serving one (+Inf: no limit known)", p + ["device"], registry=r)
+        self.model_memory = Gauge("asr_model_memory_bytes", "What a version needs to load (measured at its "
+                                  "load, else estimated from its files)", p + ["model", "version"], registry=r)
+        self.can_load_beside = Gauge("asr_model_can_load_beside", "1 when a version of the serving one's size "
+                                     "fits beside it (a hot reload will not be refused for memory)", p, registry=r)
+        self._model_memory_keys: set[tuple[str, str]] = set()
         self._serving_info: tuple[str, str, str] | None = None
         self._state_keys: set[tuple[str, str]] = set()  # (model, version) with asr_model_state series
         self.queue_depth.labels(**self.pod).set(0)
@@ -143,4 +154,24 @@ class ServerMetrics:
         if not torch.cuda.is_available():
             return
         for index in range(torch.cuda.device_count()):
-            self.gpu_memory.labels(**self.pod, device=f"cuda:{index}").set(torch.cuda.memory_allocated(index))
+            device = f"cuda:{index}"
+            self.gpu_memory.labels(**self.pod, device=device).set(torch.cuda.memory_allocated(index))
+            free, total = torch.cuda.mem_get_info(index)
+            self.gpu_memory_used.labels(**self.pod, device=device).set(total - free)
+            self.gpu_memory_total.labels(**self.pod, device=device).set(total)
+
+    def set_memory(self, device: str, headroom_bytes: int | None, can_load_beside: bool,
+                   model_bytes: dict[tuple[str, str], int]) -> None:
+        """Publish the memory view (ModelSlot.memory_status): headroom, per-version need."""
+        self.memory_headroom.clear()  # one series: the device the next version would load on
+        self.memory_headroom.labels(**self.pod, device=device).set(
+            float("inf") if headroom_bytes is None else headroom_bytes)
+        self.can_load_beside.labels(**self.pod).set(1 if can_load_beside else 0)
+        for key in self._model_memory_keys - set(model_bytes):
+            try:
+                self.model_memory.remove(*self.pod.values(), *key)
+            except KeyError:
+                pass
+        for (model, version), value in model_bytes.items():
+            self.model_memory.labels(**self.pod, model=model, version=version).set(value)
+        self._model_memory_keys = set(model_bytes)

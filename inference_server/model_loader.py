@@ -16,6 +16,7 @@ import numpy as np
 
 from inference_server.audio import SAMPLE_RATE
 from inference_server.config import ModelConfig
+from inference_server.device import DeviceError, classify_load_failure, cuda_state, resolve_device, wanted_device
 from inference_server.golden import GoldenSetError
 from inference_server.golden_eval import GoldenResult, gate_at_load
 from inference_server.manifest import IntegrityError, require_verified
@@ -58,6 +59,8 @@ class LoadedModel:
     # Requests and streams holding this version; touched only on the event loop thread.
     leases: int = 0
     golden: GoldenResult | None = None  # the last golden-set evaluation (None: ships no set)
+    device: str = "cpu"                 # the torch device it runs on
+    memory_bytes: int = 0               # what its load took (memory.LoadMeter)
 
     @property
     def name(self) -> str:
@@ -102,18 +105,18 @@ def release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _device(config: ModelConfig) -> str:
-    wanted = str(config.server_option("device"))
-    if wanted.startswith("cuda"):
-        import torch
+def select_device(config: ModelConfig, server_device: str = "auto") -> str:
+    """The torch device `config` loads on (device.wanted_device says which setting wins).
+    Raises LoadError("device") where CUDA is asked for and absent: never a CPU fallback."""
+    wanted, source = wanted_device(server_device, config.options.get("device"))
+    available, count = cuda_state()
+    try:
+        return resolve_device(wanted, available, count, source)
+    except DeviceError as exc:
+        raise LoadError("device", str(exc)) from None
 
-        if not torch.cuda.is_available():
-            log.warning("options.device=%s but no CUDA device exists here; using cpu", wanted)
-            return "cpu"
-    return wanted
 
-
-def build_automodel(model_dir: Path, config: ModelConfig, threads: int, **extra: Any) -> Any:
+def build_automodel(model_dir: Path, config: ModelConfig, threads: int, device: str = "cpu", **extra: Any) -> Any:
     """A FunASR AutoModel whose generate() runs with `threads` torch threads (see set_threads)."""
     from funasr import AutoModel
 
@@ -125,7 +128,7 @@ def build_automodel(model_dir: Path, config: ModelConfig, threads: int, **extra:
         disable_update=True,
         disable_pbar=True,
         disable_log=True,
-        device=_device(config),
+        device=device,
         ncpu=threads,
         **extra,
     )
@@ -145,15 +148,20 @@ def set_threads(automodel: Any, threads: int) -> None:
         snapshot["ncpu"] = threads
 
 
-def load_version(config: ModelConfig, models_root: Path, load_threads: int | None = None) -> LoadedModel:
+def load_version(config: ModelConfig, models_root: Path, load_threads: int | None = None,
+                 server_device: str = "auto") -> LoadedModel:
     """Verify, load and warm `config`'s version. Raises LoadError naming the failed stage.
 
     `load_threads` (default: the version's `ncpu`) is the torch thread count of the load itself:
     construction, warm-up and golden set. A server loading beside the serving version passes 1,
     so the load neither takes the serving worker's CPU nor starts a second OpenMP team (two
     teams outnumbering the CPUs make both sleep at every barrier). The returned model serves
-    with `ncpu` threads. Run this on a thread that exits afterwards (inference_server.threads)."""
+    with `ncpu` threads. Run this on a thread that exits afterwards (inference_server.threads).
+    `server_device` is the server's --device / ASR_DEVICE (see select_device)."""
+    from inference_server.memory import LoadMeter
+
     started = time.perf_counter()
+    device = select_device(config, server_device)
     try:
         model_dir = config.model_dir(models_root)
         vad_dir = config.vad_dir(models_root)
@@ -172,21 +180,26 @@ def load_version(config: ModelConfig, models_root: Path, load_threads: int | Non
 
     serving_threads = int(config.server_option("ncpu"))
     threads = serving_threads if load_threads is None else load_threads
+    meter = LoadMeter(device).__enter__()
     try:
-        asr = build_automodel(model_dir, config, threads, **config.automodel_options())
-        vad = build_automodel(vad_dir, config, threads) if vad_dir is not None else None
+        asr = build_automodel(model_dir, config, threads, device, **config.automodel_options())
+        vad = build_automodel(vad_dir, config, threads, device) if vad_dir is not None else None
     except LoadError:
         raise
     except Exception as exc:
-        raise LoadError("load", f"FunASR could not load {config.path}: {type(exc).__name__}: {exc}") from None
+        release_accelerator_memory()
+        raise LoadError(classify_load_failure(exc) or "load",
+                        f"FunASR could not load {config.path} on {device}: {type(exc).__name__}: {exc}") from None
 
     loaded = LoadedModel(config=config, digest=digest, asr=asr, vad=vad, load_seconds=0.0,
-                         loaded_at=time.time())
+                         loaded_at=time.time(), device=device)
     try:
         warm_up(loaded)
     except Exception as exc:
         loaded.close()
-        raise LoadError("warmup", f"warm-up of {config.version} failed: {type(exc).__name__}: {exc}") from None
+        raise LoadError(classify_load_failure(exc) or "warmup",
+                        f"warm-up of {config.version} on {device} failed: {type(exc).__name__}: {exc}") from None
+    loaded.memory_bytes = meter.used()
     try:  # the quality gate: a golden CER over options.golden_cer_max keeps the version unready
         loaded.golden = gate_at_load(loaded, model_dir)
     except GoldenSetError as exc:

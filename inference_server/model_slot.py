@@ -4,6 +4,8 @@ A reload loads the new version beside the old one (in a thread), then switches t
 assignment on the event loop: requests already admitted hold a lease on the old version and
 finish there, new requests see the new one. The old version is closed once its last lease ends.
 Any failure leaves the old version serving and is recorded (metric, `/v1/models`, log).
+Loading beside needs room for both: a version that would not fit is refused before the load
+(reason `insufficient_memory`, inference_server.memory) rather than taking the pod down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from inference_server.background import BackgroundLoop
 from inference_server.config import ConfigError, ModelConfig, read_model_config
 from inference_server.golden_eval import GoldenMetrics
 from inference_server.metrics import ServerMetrics
-from inference_server.model_loader import LoadedModel, LoadError, load_version
+from inference_server.memory import Need, decide_swap, estimate_need, measure_headroom
+from inference_server.model_loader import LoadedModel, LoadError, load_version, select_device
 from inference_server.threads import run_on_own_thread
 
 log = logging.getLogger("inference_server.reload")
@@ -28,7 +31,7 @@ log = logging.getLogger("inference_server.reload")
 @dataclass
 class ReloadOutcome:
     result: str          # success | failure | unchanged
-    reason: str          # ok | invalid_config | integrity | load | warmup
+    reason: str          # ok | invalid_config | integrity | load | warmup | golden | device | insufficient_memory
     version: str | None
     message: str
     at: float
@@ -39,8 +42,14 @@ class ReloadOutcome:
 
 
 class ModelSlot:
-    def __init__(self, config_path: Path, models_root: Path, metrics: ServerMetrics, load_nice: int = 0) -> None:
+    def __init__(self, config_path: Path, models_root: Path, metrics: ServerMetrics, load_nice: int = 0,
+                 device: str = "auto", memory_limit_bytes: int | None = None) -> None:
         self.config_path = Path(config_path)
+        self.device = device                        # --device / ASR_DEVICE
+        self.memory_limit_bytes = memory_limit_bytes  # --memory-limit-bytes / ASR_MEMORY_LIMIT_BYTES
+        self.measured_need: dict[str, int] = {}     # model path -> bytes its last load took
+        # (model, version, need, device) of the version last tried, or serving: what /v1/models reports
+        self.last_need: tuple[str, str, Need, str] | None = None
         self.load_nice = load_nice
         self.models_root = Path(models_root)
         self.metrics = metrics
@@ -97,21 +106,74 @@ class ModelSlot:
             # being tried nor serving has none (else its FAILED=1 would keep the chart's
             # load-failure alert firing until the pod restarts).
             self._retain_states({config.version} | ({current.version} if current else set()))
-            self._set_state(config, "LOADING")
-            log.info("loading version %s from %s", config.version, config.path)
             try:
+                if current is not None:  # a hot reload: the new version must fit beside the serving one
+                    self._check_room(config, current)
+                self._set_state(config, "LOADING")
+                log.info("loading version %s from %s", config.version, config.path)
                 loaded = await run_on_own_thread("asr-loader", load_version, config, self.models_root, 1,
-                                                 nice=self.load_nice)
+                                                 self.device, nice=self.load_nice)
             except LoadError as exc:
                 if current is not None and current.version == config.version:
                     self._set_state(config, "READY")  # the same version name keeps serving
                 else:
                     self._set_state(config, "FAILED")
                 return self._record(ReloadOutcome("failure", exc.stage, config.version, str(exc), time.time()))
+            self.measured_need[config.path] = loaded.memory_bytes
+            self.last_need = (loaded.name, loaded.version, self._need(config), loaded.device)
             self._switch(loaded)
             return self._record(ReloadOutcome(
                 "success", "ok", config.version,
                 f"serving {config.version} ({loaded.digest[:12]}), ready in {loaded.load_seconds:.2f} s", time.time()))
+
+    def _need(self, config: ModelConfig) -> Need:
+        try:
+            dirs = [config.model_dir(self.models_root)]
+            vad = config.vad_dir(self.models_root)
+        except ValueError:
+            dirs, vad = [], None  # load_version names the bad path
+        return estimate_need(dirs + ([vad] if vad is not None else []), self.measured_need.get(config.path))
+
+    def _check_room(self, config: ModelConfig, current: LoadedModel) -> None:
+        """Raise LoadError (device, insufficient_memory) where `config` cannot load beside `current`.
+        The device comes first: a CUDA request without CUDA is that, whatever the memory."""
+        device = select_device(config, self.device)
+        need = self._need(config)
+        self.last_need = (config.name, config.version, need, device)
+        verdict = decide_swap(measure_headroom(device, self.memory_limit_bytes), need, config.version, current.version)
+        if not verdict.can_load_beside:
+            raise LoadError("insufficient_memory", verdict.message)
+
+    def memory_status(self) -> dict[str, Any]:
+        """The memory view for /v1/models and the metrics: headroom now, and the need of the
+        version last tried (or serving; the best guess for the next one of the same model)."""
+        cur = self.current
+        if self.last_need is not None:
+            model, version, need, device = self.last_need
+        elif cur is not None:
+            model, version, need, device = cur.name, cur.version, self._need(cur.config), cur.device
+        else:
+            return {"device": None, "headroom_bytes": None, "need_bytes": None, "can_load_beside": None}
+        try:
+            headroom = measure_headroom(device, self.memory_limit_bytes)
+        except Exception as exc:  # a broken CUDA context must not break /metrics or /v1/models
+            log.warning("cannot measure memory headroom on %s: %s", device, exc)
+            return {"device": device, "headroom_bytes": None, "need_bytes": need.bytes, "can_load_beside": None,
+                    "error": f"{type(exc).__name__}: {exc}"}
+        verdict = decide_swap(headroom, need, version, cur.version if cur else None)
+        return {"device": device, **headroom.as_dict(), "need_bytes": need.bytes, "need_source": need.source,
+                "need_version": version, "need_model": model, "can_load_beside": verdict.can_load_beside}
+
+    def publish_memory(self) -> dict[str, Any]:
+        status = self.memory_status()
+        if status["device"] is None or status["can_load_beside"] is None:
+            return status
+        needs = {(status["need_model"], status["need_version"]): status["need_bytes"]}
+        cur = self.current
+        if cur is not None and cur.version != status["need_version"]:
+            needs[(cur.name, cur.version)] = self._need(cur.config).bytes
+        self.metrics.set_memory(status["device"], status["headroom_bytes"], status["can_load_beside"], needs)
+        return status
 
     def _switch(self, new: LoadedModel) -> None:
         old, self.current = self.current, new  # the switch: one assignment on the event loop
@@ -152,13 +214,14 @@ class ModelSlot:
             "serving": None if cur is None else {
                 "name": cur.name, "version": cur.version, "path": cur.config.path, "sha256": cur.digest,
                 "vad_path": cur.config.vad_path, "load_seconds": round(cur.load_seconds, 3),
-                "loaded_at": cur.loaded_at, "state": "READY",
+                "loaded_at": cur.loaded_at, "state": "READY", "device": cur.device,
                 "golden": cur.golden.summary() if cur.golden is not None else None,
             },
             "versions": dict(self.states),
             "swaps": self.swaps,
             "last_reload": self.last_reload.as_dict() if self.last_reload else None,
             "last_reload_error": self.last_error.as_dict() if self.last_error else None,
+            "memory": self.memory_status(),
         }
 
 

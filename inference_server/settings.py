@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference_server.audio import AudioLimits
+from inference_server.device import DEVICE_CHOICES, check_device_name
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ServerSettings:
     admin_token: str | None = None      # POST /admin/reload is off unless a token is set
     limits: AudioLimits = field(default_factory=AudioLimits)
     log_level: str = "INFO"
+    device: str = "auto"                # auto | cpu | cuda | cuda:N (inference_server.device)
+    memory_limit_bytes: int | None = None  # caps the headroom a hot reload may use (memory.py)
 
 
 def parse_args(argv: list[str] | None = None) -> ServerSettings:
@@ -45,7 +48,21 @@ def parse_args(argv: list[str] | None = None) -> ServerSettings:
     p.add_argument("--max-upload-bytes", type=int, default=int(env.get("ASR_MAX_UPLOAD_BYTES", str(25 * 1024 * 1024))))
     p.add_argument("--max-audio-seconds", type=float, default=float(env.get("ASR_MAX_AUDIO_SECONDS", "600")))
     p.add_argument("--log-level", default=env.get("ASR_LOG_LEVEL", "INFO"))
+    p.add_argument("--device", default=env.get("ASR_DEVICE", "auto"),
+                   help=f"{DEVICE_CHOICES} (default auto: CUDA when present, else CPU; the operator sets "
+                        "cuda for a pod that requests a GPU). Wins over the model config's options.device; "
+                        "cuda without CUDA is a load failure (reason device), never a CPU fallback")
+    p.add_argument("--memory-limit-bytes", type=int,
+                   default=int(env["ASR_MEMORY_LIMIT_BYTES"]) if env.get("ASR_MEMORY_LIMIT_BYTES") else None,
+                   help="at most this much memory for the server (CPU: RSS; CUDA: torch's reservation), below "
+                        "the cgroup limit / free device memory; a hot reload that would not fit is refused "
+                        "with reason insufficient_memory")
     a = p.parse_args(argv)
+    problem = check_device_name(a.device)
+    if problem is not None:
+        p.error(f"--device / ASR_DEVICE: {problem}")
+    if a.memory_limit_bytes is not None and a.memory_limit_bytes < 1:
+        p.error("--memory-limit-bytes / ASR_MEMORY_LIMIT_BYTES must be a positive number of bytes")
     if a.max_queue < 1:
         p.error("--max-queue must be at least 1")
     if not 0 <= a.load_nice <= 19:
@@ -55,5 +72,5 @@ def parse_args(argv: list[str] | None = None) -> ServerSettings:
         max_queue=a.max_queue, request_timeout_s=a.request_timeout, drain_timeout_s=a.drain_timeout,
         watch_interval_s=a.watch_interval, load_nice=a.load_nice, admin_token=env.get("ASR_ADMIN_TOKEN") or None,
         limits=AudioLimits(max_bytes=a.max_upload_bytes, max_seconds=a.max_audio_seconds),
-        log_level=a.log_level,
+        log_level=a.log_level, device=a.device, memory_limit_bytes=a.memory_limit_bytes,
     )

@@ -23,6 +23,9 @@ MODELS_ROOT = "/models"
 TRACKS = ("stable", "canary")
 
 
+MODEL_REVISION_ANNOTATION = "asr.rollout.dev/model-revision"
+
+
 def configmap_name(rollout: str, track: str) -> str:
     return f"{rollout}-{track}-model"
 
@@ -110,7 +113,7 @@ def _env(rollout: str, track: str, template: PodTemplate) -> list[dict[str, Any]
 
 
 def deployment(namespace: str, rollout: str, track: str, replicas: int, version: str,
-               template: PodTemplate, owner: Mapping[str, Any]) -> dict[str, Any]:
+               template: PodTemplate, owner: Mapping[str, Any], model_revision: str | None = None) -> dict[str, Any]:
     labels = track_labels(rollout, track)
     container: dict[str, Any] = {
         "name": "inference-server",
@@ -142,7 +145,9 @@ def deployment(namespace: str, rollout: str, track: str, replicas: int, version:
             "replicas": replicas,
             "selector": {"matchLabels": {"asr.rollout.dev/rollout": rollout, "asr.rollout.dev/track": track}},
             "template": {
-                "metadata": {"labels": labels},
+                # stableUpdate rolling: a new model revision here makes Kubernetes replace the pods
+                "metadata": {"labels": labels, **({"annotations": {MODEL_REVISION_ANNOTATION: model_revision}}
+                                                  if model_revision else {})},
                 "spec": {
                     "containers": [container],
                     "volumes": [

@@ -26,6 +26,7 @@ from .analysis.queries import QueryScope
 from .analysis.verdict import QueryFailed
 from .metrics import OperatorMetrics
 from .spec import InvalidSpec, RolloutSpec, parse_spec
+from .state_machine.children_plan import every_pod_has_room
 from .state_machine import (
     ANNOTATION_PREFIX, AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment,
     EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
@@ -162,9 +163,24 @@ class Reconciler:
         canary_versions = None
         if needs.canary_versions:
             canary_versions = await self._served_versions(spec, namespace, name, "canary")
+        stable_has_room = await self._stable_has_room(spec, namespace, name, stable) if needs.stable_room else None
         return Observations(generation=generation, annotations=annotations, stable=stable, canary=canary,
                             traffic_weight=weight, canary_config=canary_config, analysis=analysis,
-                            served_versions=served, canary_versions=canary_versions)
+                            served_versions=served, canary_versions=canary_versions,
+                            stable_has_room=stable_has_room)
+
+    async def _stable_has_room(self, spec: RolloutSpec, namespace: str, name: str,
+                               stable: DeploymentState | None) -> bool | None:
+        """stableUpdate auto: whether every stable pod can load a version beside its own."""
+        if spec.analysis is None or stable is None:
+            return None
+        try:
+            values = await measuring.can_load_beside(
+                self.sources.get(spec.analysis.prometheus_address), namespace, name, "stable")
+        except QueryFailed as error:
+            log.info("%s/%s: stable memory headroom unknown: %s", namespace, name, error)
+            return None
+        return every_pod_has_room(values, stable.replicas)
 
     async def _served_versions(self, spec: RolloutSpec, namespace: str, name: str,
                                track: str) -> dict[str, int] | None:
@@ -263,7 +279,8 @@ class Reconciler:
             elif isinstance(action, EnsureDeployment):
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,
-                                                       action.version, action.template, owner), cache)
+                                                       action.version, action.template, owner,
+                                                       action.model_revision), cache)
         if missing_route is not None:
             raise missing_route
 

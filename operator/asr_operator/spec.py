@@ -133,6 +133,14 @@ class Step:
 class StrategySpec:
     steps: tuple[Step, ...]
     progress_deadline_seconds: float
+    stable_update: str = "hot"  # hot | rolling | auto: how stable pods take a new version (STABLE_UPDATES)
+
+
+# hot: the stable ConfigMap changes and the pods hot-reload (two versions in memory for a moment);
+# rolling: the stable pod template also carries the model revision, so Kubernetes replaces the
+# pods (restarts, never two models on one GPU); auto: hot where every stable pod reports room to
+# load beside (asr_model_can_load_beside), else rolling.
+STABLE_UPDATES = ("hot", "rolling", "auto")
 
 
 @dataclass(frozen=True)
@@ -409,7 +417,14 @@ def _parse_strategy(check: _Checker, raw: Any) -> StrategySpec:
                 check.fail(path, f"unknown step {key!r}; use setWeight or pause")
     deadline = check.integer(strategy.get("progressDeadlineSeconds"),
                              "spec.strategy.progressDeadlineSeconds", default=600, minimum=1)
-    return StrategySpec(steps=tuple(steps), progress_deadline_seconds=float(deadline))
+    stable_update = strategy.get("stableUpdate", "hot")
+    if stable_update not in STABLE_UPDATES:
+        check.fail("spec.strategy.stableUpdate", f"{stable_update!r} is not one of {', '.join(STABLE_UPDATES)}; hot "
+                   "reloads the stable pods in place (room for two models needed), rolling lets Kubernetes "
+                   "replace them, auto picks hot where every stable pod reports room")
+        stable_update = "hot"
+    return StrategySpec(steps=tuple(steps), progress_deadline_seconds=float(deadline),
+                        stable_update=str(stable_update))
 
 
 def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
@@ -468,7 +483,7 @@ def _limit_action(check: _Checker, value: Any, path: str) -> str:
 
 def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:
     name = item.get("name")
-    known = (*queries.BUILTIN_METRICS, *golden.GOLDEN_METRICS, queries.CUSTOM_METRIC)
+    known = (*queries.BUILTIN_METRICS, *queries.RESOURCE_METRICS, *golden.GOLDEN_METRICS, queries.CUSTOM_METRIC)
     if name in queries.PENDING_METRICS:
         check.fail(f"{path}.name", f"{name!r} is not implemented by this operator version yet; "
                                    f"remove it or use one of {', '.join(known)}")

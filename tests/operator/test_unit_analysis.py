@@ -168,3 +168,23 @@ async def test_served_versions() -> None:
 def test_metric_query_uses_the_builtin_for_named_metrics() -> None:
     spec = analysis_spec()
     assert metric_query(spec.metrics[0], SCOPE, 60) == queries.error_rate_query(SCOPE, 60)  # type: ignore[attr-defined]
+
+
+async def test_gpu_memory_growth_is_judged_without_the_request_gate() -> None:
+    """A quiet canary proves nothing about its traffic, but a leak is a leak: the resource
+    built-in is judged on its value, the traffic ones stay Inconclusive; no series: Inconclusive."""
+    spec = parse_spec({
+        "model": {"name": "m", "version": "v2", "path": "m/v2"}, "modelVolume": {"hostPath": {"path": "/m"}},
+        "server": {"image": "i"}, "traffic": {"replicaRatio": {}}, "strategy": {"steps": [{"setWeight": 10}]},
+        "analysis": {"prometheus": {"address": "http://p:9090"}, "metrics": [
+            {"name": "error-rate", "max": 0.01},
+            {"name": "gpu-memory-growth-bytes-per-minute", "max": 100e6}]},
+    })
+    leaking = TableSource({"sum(increase(asr_requests_total": 3, "deriv(asr_gpu_memory_used_bytes": 2e8})
+    result = await measure(leaking, spec.analysis, SCOPE)
+    assert [(m.name, m.phase) for m in result] == [
+        ("error-rate", INCONCLUSIVE), ("gpu-memory-growth-bytes-per-minute", FAILED)]
+    flat = TableSource({"sum(increase(asr_requests_total": 3, "deriv(asr_gpu_memory_used_bytes": 1e6})
+    assert (await measure(flat, spec.analysis, SCOPE))[1].phase == SUCCESSFUL
+    no_cuda = TableSource({"sum(increase(asr_requests_total": 3})
+    assert (await measure(no_cuda, spec.analysis, SCOPE))[1].phase == INCONCLUSIVE

@@ -96,6 +96,10 @@ def test_the_fingerprint_changes_with_the_spec_only() -> None:
      "placeholder {{version}} must be inside a double-quoted label value"),
     ("analysis.metrics", [{"name": "custom", "max": 1, "query": 'x{a="{{pod}}"}'}], "unknown placeholder {{pod}}"),
     ("analysis.metrics", [{"name": "golden-agreement", "min": 0.9, "maxIncrease": 0.1}], "spec.analysis.metrics[0].maxIncrease: golden-agreement has no stable-track"),
+    ("analysis.metrics", [{"name": "gpu-memory-growth-bytes-per-minute", "max": 1e8, "maxIncrease": 1e6}],
+     "spec.analysis.metrics[0].maxIncrease: gpu-memory-growth-bytes-per-minute has no stable-track"),
+    ("analysis.metrics", [{"name": "gpu-memory-growth-bytes-per-minute", "max": 1e8, "query": "up"}],
+     "spec.analysis.metrics[0].query: only `custom` metrics take a query"),
     ("analysis.interval", "soon", "spec.analysis.interval: 'soon' is not a duration"),
     ("analysis.failureLimit", 0, "spec.analysis.failureLimit: 0 is under 1"),
     ("analysis.prometheus", {"address": "prometheus:9090"}, "spec.analysis.prometheus.address"),
@@ -159,3 +163,8 @@ def test_limit_actions_default_to_pause_and_take_rollback() -> None:
     chosen = parse_spec(with_("analysis.onInconclusive", "rollback"))
     assert chosen.analysis is not None and chosen.analysis.on_inconclusive == "rollback"
     assert "spec.analysis.onError: 'ignore' is not one of pause, rollback" in problems(with_("analysis.onError", "ignore"))
+
+
+def test_gpu_memory_growth_is_a_builtin_metric() -> None:
+    spec = parse_spec(with_("analysis.metrics", [{"name": "gpu-memory-growth-bytes-per-minute", "max": 100e6}]))
+    assert [(m.kind, m.max) for m in spec.analysis.metrics] == [("gpu-memory-growth-bytes-per-minute", 100e6)]

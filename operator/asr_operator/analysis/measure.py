@@ -49,7 +49,7 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
     its traffic, and compare it with `stable`. At weight 100 (`stable_serves_traffic` False) the
     stable pods get no requests, so traffic metrics are held to their absolute bounds only."""
     gate: Measurement | None = None  # the verdict every traffic metric gets (name set below)
-    if any(metric.kind not in golden.GOLDEN_METRICS for metric in analysis.metrics):
+    if any(metric.kind not in golden.GOLDEN_METRICS + queries.RESOURCE_METRICS for metric in analysis.metrics):
         gate = await _request_gate(source, analysis, scope)
     stable_gate: Measurement | None = None  # why the stable side cannot be compared, if it cannot
     if gate is None and stable_serves_traffic and any(has_relative_bounds(metric) for metric in analysis.metrics):
@@ -62,6 +62,12 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
     async def one(metric: MetricSpec) -> Measurement:
         if metric.kind in golden.GOLDEN_METRICS:
             return await golden.measure_golden(source, metric, scope, stable)
+        if metric.kind in queries.RESOURCE_METRICS:  # the pods' resources, not their traffic: no gate
+            try:
+                value = await source.query_value(metric_query(metric, scope, analysis.window_seconds))
+            except QueryFailed as error:
+                return judge_error(metric.name, error)
+            return judge(metric.name, value, metric.max, metric.min)
         if gate is not None:
             return replace(gate, name=metric.name)
         try:
@@ -96,3 +102,9 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
 async def served_versions(source: MetricSource, namespace: str, rollout: str, track: str) -> dict[str, int]:
     samples = await source.query(queries.served_versions_query(namespace, rollout, track))
     return {str(labels.get("version", "")): int(value) for labels, value in samples}
+
+
+async def can_load_beside(source: MetricSource, namespace: str, rollout: str, track: str) -> list[float]:
+    """asr_model_can_load_beside of each of a track's pods (one value per pod that reports)."""
+    samples = await source.query(queries.can_load_beside_query(namespace, rollout, track))
+    return [float(value) for _, value in samples]

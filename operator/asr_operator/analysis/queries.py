@@ -15,6 +15,10 @@ from dataclasses import dataclass
 # quality metrics (golden-cer, golden-agreement) live in analysis/golden.py. "Pending" names
 # would be refused as InvalidSpec rather than silently ignored; none are left.
 BUILTIN_METRICS = ("error-rate", "p99-latency-seconds", "real-time-factor")
+# Built-ins over the pods' resources rather than their traffic: no minRequests gate (an idle
+# canary leaks memory just as well) and no stable-track counterpart.
+GPU_MEMORY_GROWTH = "gpu-memory-growth-bytes-per-minute"
+RESOURCE_METRICS = (GPU_MEMORY_GROWTH,)
 CUSTOM_METRIC = "custom"
 PENDING_METRICS: tuple[str, ...] = ()
 KNOWN_PLACEHOLDERS = ("namespace", "rollout", "track", "version")
@@ -109,14 +113,33 @@ def real_time_factor_query(scope: QueryScope, window_seconds: float) -> str:
     )
 
 
+def gpu_memory_growth_query(scope: QueryScope, window_seconds: float) -> str:
+    """The worst pod's device-memory growth in bytes per minute: deriv() (a least-squares slope,
+    robust to one noisy scrape) of asr_gpu_memory_used_bytes over the window, per pod (its worst
+    device), on the pods that serve the scope's version (the memory series has no version label:
+    asr_model_info says which version a pod serves). No CUDA, no series: no value, Inconclusive."""
+    window = window_text(window_seconds)
+    track = (
+        f'namespace="{escape_label_value(scope.namespace)}",'
+        f'rollout="{escape_label_value(scope.rollout)}",'
+        f'track="{escape_label_value(scope.track)}"'
+    )
+    return (
+        f"max(max by (pod) (deriv(asr_gpu_memory_used_bytes{{{track}}}[{window}])) * 60 "
+        f"and on (pod) (asr_model_info{_selector(scope)} == 1))"
+    )
+
+
 def builtin_query(name: str, scope: QueryScope, window_seconds: float) -> str:
     builders = {
         "error-rate": error_rate_query,
         "p99-latency-seconds": p99_latency_query,
         "real-time-factor": real_time_factor_query,
+        GPU_MEMORY_GROWTH: gpu_memory_growth_query,
     }
     if name not in builders:
-        raise KeyError(f"no built-in query named {name!r}; built-ins are {', '.join(BUILTIN_METRICS)}")
+        raise KeyError(f"no built-in query named {name!r}; built-ins are "
+                       f"{', '.join(BUILTIN_METRICS + RESOURCE_METRICS)}")
     return builders[name](scope, window_seconds)
 
 
@@ -128,6 +151,16 @@ def served_versions_query(namespace: str, rollout: str, track: str) -> str:
         f'track="{escape_label_value(track)}"'
     )
     return f"count by (version) (asr_model_info{{{labels}}} == 1)"
+
+
+def can_load_beside_query(namespace: str, rollout: str, track: str) -> str:
+    """Per pod: 1 where the server has room to hot-load a version beside the serving one."""
+    labels = (
+        f'namespace="{escape_label_value(namespace)}",'
+        f'rollout="{escape_label_value(rollout)}",'
+        f'track="{escape_label_value(track)}"'
+    )
+    return f"max by (pod) (asr_model_can_load_beside{{{labels}}})"
 
 
 def check_custom_template(template: str) -> list[str]:

@@ -27,6 +27,38 @@ def desired_replicas(spec: RolloutSpec, status: Mapping[str, Any]) -> tuple[int,
     return total, total
 
 
+def model_revision(model: ModelRef) -> str:
+    """The stable pod template's model revision: changing it makes Kubernetes replace the pods."""
+    return f"{model.version}@{model.sha256[:16] if model.sha256 else model.path}"
+
+
+def stable_update_mode(setting: str, every_pod_has_room: bool | None) -> str:
+    """hot or rolling for this change of the stable version. auto takes hot only where every
+    stable pod said it has room to load beside; not knowing (no Prometheus answer, a pod that
+    reports nothing) is rolling: a restart is slower but never runs a GPU out of memory."""
+    if setting == "auto":
+        return "hot" if every_pod_has_room is True else "rolling"
+    return setting
+
+
+def every_pod_has_room(can_load_beside: list[float], stable_pods: int) -> bool | None:
+    """From asr_model_can_load_beside of the stable pods: True when each of `stable_pods` reports
+    1, False when one reports 0, None when fewer pods report than run (unknown)."""
+    if any(value < 1 for value in can_load_beside):
+        return False
+    if stable_pods < 1 or len(can_load_beside) < stable_pods:
+        return None
+    return True
+
+
+def stable_pod_revision(mode: str, stable: ModelRef, previous: str | None, stable_changed: bool) -> str | None:
+    """The revision on the stable pod template. It moves only when the stable version changes
+    under rolling; under hot it stays what it was, so switching modes alone restarts nothing."""
+    if stable_changed and mode == "rolling":
+        return model_revision(stable)
+    return previous
+
+
 def desired_children(spec: RolloutSpec, s: Mapping[str, Any]) -> tuple[Action, ...]:
     """Desired state of every child for this status. Order matters for safety: traffic first
     (a rollback takes weight away before the canary ConfigMap changes), then ConfigMaps."""
@@ -44,6 +76,7 @@ def desired_children(spec: RolloutSpec, s: Mapping[str, Any]) -> tuple[Action, .
         SetWeight(weight),
         EnsureConfigMap("stable", stable),
         EnsureConfigMap("canary", canary),
-        EnsureDeployment("stable", stable_replicas, stable.version, stable_template),
+        EnsureDeployment("stable", stable_replicas, stable.version, stable_template,
+                         model_revision=s.get("stablePodRevision")),
         EnsureDeployment("canary", canary_replicas, canary.version, canary_template),
     )

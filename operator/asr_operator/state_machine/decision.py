@@ -30,6 +30,7 @@ class EnsureDeployment:
     replicas: int
     version: str
     template: PodTemplate = field(hash=False)  # compared, not hashed (its mappings are dicts)
+    model_revision: str | None = None  # stable under stableUpdate rolling: the pod template's model revision
 
 
 @dataclass(frozen=True)

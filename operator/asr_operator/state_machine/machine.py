@@ -9,7 +9,7 @@ from typing import Any
 from ..spec import InvalidSpec, RolloutSpec
 from ..traffic.replica_ratio import split_replicas
 from .analysis_gate import analysis_due
-from .children_plan import desired_children
+from .children_plan import desired_children, stable_pod_revision, stable_update_mode
 from .conditions import condition_of, set_condition
 from .controls import apply_annotations
 from .decision import Decision, EmitEvent
@@ -27,7 +27,10 @@ def wants(spec: RolloutSpec | None, status: Mapping[str, Any], now: datetime.dat
                  served_versions=prometheus and status.get("phase") == PROMOTING,
                  rollback_check=status.get("phase") == ROLLING_BACK,
                  canary_versions=prometheus and status.get("phase") in CANARY_PHASES
-                 and bool(status.get("canaryReloading")))
+                 and bool(status.get("canaryReloading")),
+                 # auto decides at the tick that changes the stable version: promotion or rollback
+                 stable_room=prometheus and spec.strategy.stable_update == "auto"
+                 and status.get("phase") in (*CANARY_PHASES, PROMOTING, ROLLING_BACK))
 
 
 def decide(spec: RolloutSpec | InvalidSpec, status: Mapping[str, Any] | None, obs: Observations,
@@ -54,6 +57,7 @@ def decide(spec: RolloutSpec | InvalidSpec, status: Mapping[str, Any] | None, ob
     else:
         apply_annotations(tick)
         advance(tick)
+    _stable_update(tick, status.get("stableModel"))
     _common_status(tick)
     return Decision(
         status=tick.s,
@@ -81,6 +85,22 @@ def _invalid(error: InvalidSpec, status: Mapping[str, Any], obs: Observations,
         s["phase"] = FAILED_PHASE
     s["message"] = f"invalid spec: {message}"
     return Decision(status=s, actions=(), events=events)
+
+
+def _stable_update(tick: Tick, stable_before: Any) -> None:
+    """How the stable pods take a changed stable version (spec.strategy.stableUpdate): under
+    rolling the pod template's model revision moves with it. The ConfigMap changes either way:
+    it stays the source of truth for the model path, and a rollback reverts it."""
+    stable = tick.stable_model
+    if stable is None:
+        return
+    changed = tick.s.get("stableModel") != stable_before
+    mode = stable_update_mode(tick.spec.strategy.stable_update, tick.obs.stable_has_room)
+    revision = stable_pod_revision(mode, stable, tick.s.get("stablePodRevision"), changed)
+    if changed:
+        tick.s["stableUpdate"] = mode  # what this change used, for `kubectl get -o yaml` readers
+    if revision is not None:
+        tick.s["stablePodRevision"] = revision
 
 
 def _common_status(tick: Tick) -> None:

@@ -45,6 +45,7 @@ class Observations:
     analysis: AnalysisRun | None = None  # measured this tick (only when wants().analysis)
     served_versions: Mapping[str, int] | None = None  # stable pods per version (wants().served_versions)
     canary_versions: Mapping[str, int] | None = None  # canary pods per version (wants().canary_versions)
+    stable_has_room: bool | None = None  # every stable pod can load beside (wants().stable_room); None: unknown
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,4 @@ class Needs:
     served_versions: bool = False
     rollback_check: bool = False  # the live weight and canary ConfigMap, to confirm a rollback
     canary_versions: bool = False  # canary pods per version, after a superseding hot reload
+    stable_room: bool = False  # asr_model_can_load_beside of the stable pods (stableUpdate auto)
