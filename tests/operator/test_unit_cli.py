@@ -73,7 +73,7 @@ def test_bad_requests_say_what_to_do(api: EmulatorServer, kube: KubeClient, kube
     assert cli.main(["rollback", "strict", "--to", "v9", "-n", NS]) == 1
     assert "'v9' is not a promoted version of cli/strict; choose one of: v1" in capsys.readouterr().err
     assert cli.main(["status", "missing", "-n", NS]) == 1
-    assert "ASRModelRollout cli/missing not found" in capsys.readouterr().err
+    assert "rollout missing not found in namespace cli; list them with: asr-rollout list -n cli" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["rollback", "strict", "-n", NS])  # --to is required
 
