@@ -128,6 +128,7 @@ class Context:
     out: Callable[[str], None]
     now: Callable[[], datetime.datetime]
     interval: float = WATCH_INTERVAL_SECONDS
+    kube_context: str | None = None  # --context, named in credential errors
 
 
 def _utcnow() -> datetime.datetime:
@@ -172,7 +173,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         try:
             result = await ctx.api.request("GET", rollouts_path(namespace))
         except kube.KubeError as error:
-            raise CliError(explain_api_error(error.status, error.detail, "list", namespace, None, ctx.prog)) from None
+            raise CliError(explain_api_error(error.status, error.detail, "list", namespace, None, ctx.prog,
+                                             ctx.kube_context)) from None
         items = list(result.get("items") or [])
         if args.output != "table":
             ctx.out(render(items, args.output))
@@ -305,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def session() -> int:
         api = kube.KubeApi(info, relogin=lambda: kube.login_info(args.kubeconfig, args.context))
         ctx = Context(api, args.namespace or info.default_namespace or "default", prog,
-                      lambda text: print(text, flush=True), _utcnow)
+                      lambda text: print(text, flush=True), _utcnow, interval=WATCH_INTERVAL_SECONDS,
+                      kube_context=args.context)
         try:
             return await run(args, ctx)
         except kube.KubeError as error:
