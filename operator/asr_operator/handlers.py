@@ -147,11 +147,11 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere KUBECONFIG (or ~/.kube/config)."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    if info is None:
-        raise kopf.LoginError("no credentials: run in a cluster or set KUBECONFIG")
+def login(**_: Any) -> kopf.ConnectionInfo | None:
+    """As kubectl logs in (the `kubernetes` client: exec plugins, token files, client certs):
+    in a pod the service account, elsewhere KUBECONFIG (or ~/.kube/config). kopf calls this
+    again after a 401, so an expired exec-plugin token is fetched anew."""
+    info = kube.login_info()
     RUNTIME.connection = info
     return info
 

@@ -1,7 +1,7 @@
 """The thin Kubernetes I/O adapter: a small async REST client over aiohttp.
 
-It uses the same credentials kopf logged in with (kubeconfig or service account), so one
-connection story serves the operator and the CLI. Rules this module keeps for a real API server:
+It uses the same credentials kopf logged in with (`login_info`: the `kubernetes` client's config
+loading, as kubectl logs in), so one connection story serves the operator and the CLI. Rules this module keeps for a real API server:
 status is written only through the `/status` subresource, `spec` of a rollout is never written,
 and listing filters by labels on the client side too (the emulator ignores selectors).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import json
 import os
 import ssl
 import tempfile
@@ -30,7 +31,19 @@ API_VERSION = f"{GROUP}/{VERSION}"
 class KubeError(Exception):
     def __init__(self, status: int, message: str, method: str = "", path: str = ""):
         self.status = status
+        self.method = method
+        self.path = path
+        self.detail = message
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
+
+
+def status_message(text: str) -> str:
+    """The `message` of a Kubernetes Status body (what a person needs), else the raw text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    return str(body.get("message") or text) if isinstance(body, dict) else text
 
 
 def rollout_path(namespace: str, name: str, subresource: str = "") -> str:
@@ -58,13 +71,20 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     if not info.server.startswith("https"):
         return False
     if info.insecure:
-        return False
-    cadata = None
-    if info.ca_data:
-        raw = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
-        cadata = base64.b64decode(raw).decode()
-    context = ssl.create_default_context(
-        cafile=os.fspath(info.ca_path) if info.ca_path else None, cadata=cadata)
+        # insecure-skip-tls-verify skips checking the server, not presenting our certificate
+        # (an exec plugin or kubeconfig may authenticate by client certificate).
+        if not (info.certificate_path or info.certificate_data):
+            return False
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        cadata = None
+        if info.ca_data:
+            raw = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
+            cadata = base64.b64decode(raw).decode()
+        context = ssl.create_default_context(
+            cafile=os.fspath(info.ca_path) if info.ca_path else None, cadata=cadata)
     if info.certificate_path or info.certificate_data:
         cert_path, key_path = _client_cert_files(info)
         context.load_cert_chain(certfile=cert_path, keyfile=key_path)
@@ -135,7 +155,7 @@ class KubeApi:
         async with session.request(method, self.server + path, json=body, headers=headers) as response:
             if response.status >= 400:
                 text = await response.text()
-                raise KubeError(response.status, text[:500], method, path)
+                raise KubeError(response.status, status_message(text)[:500], method, path)
             if response.content_type == "application/json":
                 return await response.json()
             return await response.text()
@@ -229,11 +249,87 @@ class KubeApi:
         await self.create(f"/api/v1/namespaces/{namespace}/events", event)
 
 
-def login_info() -> kopf.ConnectionInfo:
-    """Credentials the way the operator logs in: service account inside a pod, else KUBECONFIG."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.LoginError(
-            "no Kubernetes credentials: run inside a cluster, or set KUBECONFIG (or ~/.kube/config)")
-    return info
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def login_info(kubeconfig: str | None = None, context: str | None = None) -> kopf.ConnectionInfo:
+    """Log in as kubectl does, through the `kubernetes` client's own config loading: it runs
+    `exec` credential plugins (EKS, GKE, AKS), reads token files, client certificates and
+    auth providers, and merges every file in KUBECONFIG. In a pod (no kubeconfig or context
+    asked for) the service account; else `kubeconfig` (or KUBECONFIG, or ~/.kube/config) with
+    `context` (or the file's current context). Called again on a 401: exec tokens expire.
+
+    This is kopf.login_via_client's way, with two differences that the CLI needs: a fresh
+    client Configuration per call (never the client library's process-wide default), and the
+    kubeconfig file, context and the context's namespace chosen by the caller."""
+    import kubernetes.client
+    import kubernetes.config
+
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            return connection_from_configuration(configuration, _service_account_namespace())
+        except kubernetes.config.ConfigException:
+            configuration = kubernetes.client.Configuration()  # not really in a pod: try a kubeconfig
+    # The client reads KUBECONFIG once, at import: read it now (it may have changed since).
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, context=context,
+                                           client_configuration=configuration, persist_config=False)
+        contexts, current = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+    except (kubernetes.config.ConfigException, OSError, ValueError) as error:
+        raise kopf.LoginError(login_error_message(error, kubeconfig, context)) from None
+    chosen = next((item for item in contexts if item.get("name") == context), None) if context else current
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return connection_from_configuration(configuration, namespace)
+
+
+def login_error_message(error: Exception, kubeconfig: str | None, context: str | None) -> str:
+    where = kubeconfig or "~/.kube/config"
+    text = str(error)
+    if context and ("Expected object with name" in text or "context" in text.lower()):
+        return (f"context {context!r} is not in the kubeconfig {where}; list them with: "
+                "kubectl config get-contexts")
+    return (f"no usable Kubernetes credentials in the kubeconfig {where} ({text}); "
+            "pass --kubeconfig FILE, set KUBECONFIG, or run inside a cluster")
+
+
+def connection_from_configuration(configuration: Any, namespace: str | None) -> kopf.ConnectionInfo:
+    """The client's loaded Configuration as kopf's ConnectionInfo (what KubeApi and kopf use).
+    The token is read through get_api_key_with_prefix: it runs the client's refresh hook (an
+    expired exec or service-account token is fetched again). kubernetes>=36 keeps it under
+    `BearerToken`, older releases under `authorization`."""
+    header = (configuration.get_api_key_with_prefix("BearerToken")
+              or configuration.get_api_key_with_prefix("authorization"))
+    scheme, token = split_authorization(header)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert or None,  # the client writes inline CA data to a temp file
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file or None,  # exec plugins may return a client cert
+        private_key_path=configuration.key_file or None,
+        default_namespace=namespace or None,
+    )
+
+
+def split_authorization(header: str | None) -> tuple[str | None, str | None]:
+    """`Bearer abc` -> ("Bearer", "abc"); a bare token -> (None, "abc") (RFC 7235)."""
+    parts = header.split(" ", 1) if header else []
+    if not parts:
+        return None, None
+    if len(parts) == 1:
+        return None, parts[0]
+    return parts[0], parts[1]
+
+
+def _service_account_namespace() -> str | None:
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE_FILE, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None

@@ -1091,3 +1091,55 @@ def test_decide_is_deterministic_on_the_same_inputs() -> None:
     world.run(lambda w: w.status.get("canaryWeight") == 50)
     first, second = world.decide(GOOD), world.decide(GOOD)
     assert first == second
+
+
+# --- a person's pause (`asr-rollout pause` / `resume`: the asr.rollout.dev/pause annotation) -----
+
+def test_pause_annotation_holds_the_canary_at_its_weight_until_removed() -> None:
+    world = canary_world(steps=[{"setWeight": 20}, {"pause": {"duration": "1m"}}, {"setWeight": 100}])
+    world.run(lambda w: w.weight == 20)
+    step = world.status["currentStep"]
+    world.annotations["asr.rollout.dev/pause"] = "true"
+    decision = world.tick()
+    assert world.phase == "Paused" and condition(world, "Paused")["reason"] == "UserPause"
+    assert "asr.rollout.dev/pause" not in decision.remove_before  # it holds while set
+    assert [event.reason for event in decision.events] == ["Paused"]
+    for _ in range(20):  # well past the 1m pause step: nothing moves while paused
+        world.tick(30)
+    assert world.phase == "Paused" and world.weight == 20 and world.status["currentStep"] == step
+    assert world.annotations["asr.rollout.dev/pause"] == "true"
+    del world.annotations["asr.rollout.dev/pause"]
+    world.tick()
+    assert condition(world, "Paused")["reason"] == "Resumed" and world.phase == "Progressing"
+    world.run(lambda w: w.phase == "Succeeded")
+
+
+def test_a_paused_canary_is_still_judged_and_rolls_back() -> None:
+    world = canary_world()
+    world.run(lambda w: w.weight == 10)
+    world.annotations["asr.rollout.dev/pause"] = "true"
+    world.tick()
+    world.run(lambda w: w.phase == "RolledBack", analysis=BAD)
+    assert world.weight == 0
+
+
+def test_a_person_s_pause_is_not_an_analysis_pause() -> None:
+    """promote and retry resume an analysis pause; they must not lift a person's pause."""
+    world = canary_world()
+    world.run(lambda w: w.weight == 10)
+    world.annotations["asr.rollout.dev/pause"] = "true"
+    world.tick()
+    world.annotations["asr.rollout.dev/retry"] = "true"
+    world.tick()
+    assert world.phase == "Paused" and condition(world, "Paused")["reason"] == "UserPause" and world.weight == 10
+
+
+def test_a_new_canary_starts_paused_at_weight_zero_while_the_annotation_is_set() -> None:
+    world = settled(World(rollout_spec("v1")))
+    world.annotations["asr.rollout.dev/pause"] = "true"
+    world.tick(30)
+    assert world.phase == "Succeeded"  # nothing to hold without a canary
+    world.set_spec_version("v2")
+    for _ in range(10):
+        world.tick(30)
+    assert world.phase == "Paused" and world.weight == 0 and world.status["canaryVersion"] == "v2"

@@ -22,7 +22,7 @@ The modules, from the inside out:
 from .analysis_gate import analysis_due, seconds_until_analysis
 from .children_plan import desired_replicas
 from .conditions import condition_of, set_condition
-from .controls import ABORT, ALERT, ANNOTATION_PREFIX, MANUAL_ANNOTATIONS, PROMOTE, RETRY, ROLLBACK_TO
+from .controls import ABORT, ALERT, ANNOTATION_PREFIX, MANUAL_ANNOTATIONS, PAUSE, PROMOTE, RETRY, ROLLBACK_TO
 from .decision import Action, Decision, EmitEvent, EnsureConfigMap, EnsureDeployment, EnsureServices, SetWeight
 from .machine import decide, wants
 from .observations import AnalysisRun, DeploymentState, Needs, Observations
@@ -33,7 +33,7 @@ from .tick import HISTORY_LIMIT, POLL_SECONDS
 
 __all__ = [
     "ABORT", "ALERT", "ANNOTATION_PREFIX", "CANARY_PHASES", "FAILED_PHASE", "HISTORY_LIMIT", "MANUAL_ANNOTATIONS",
-    "PAUSED", "PENDING", "POLL_SECONDS", "PROGRESSING", "PROMOTE", "PROMOTING", "RETRY", "ROLLBACK_TO",
+    "PAUSE", "PAUSED", "PENDING", "POLL_SECONDS", "PROGRESSING", "PROMOTE", "PROMOTING", "RETRY", "ROLLBACK_TO",
     "ROLLED_BACK", "ROLLING_BACK", "SUCCEEDED",
     "Action", "AnalysisRun", "Decision", "DeploymentState", "EmitEvent", "EnsureConfigMap", "EnsureDeployment",
     "EnsureServices", "Needs", "Observations", "SetWeight",

@@ -11,7 +11,7 @@ from ..durations import format_time, parse_time, seconds_between
 from ..spec import RolloutSpec
 from .conditions import condition_of, set_condition
 from .observations import AnalysisRun
-from .phases import CANARY_PHASES, MANUAL_PAUSE, PAUSED
+from .phases import CANARY_PHASES, MANUAL_PAUSE, PAUSED, USER_PAUSE
 from .tick import Tick
 
 
@@ -99,8 +99,9 @@ def record_analysis(tick: Tick, run: AnalysisRun) -> bool:
 
 
 def analysis_paused(status: Mapping[str, Any]) -> bool:
-    """Paused because the canary could not be judged (not a `pause: {}` step)."""
-    return status.get("phase") == PAUSED and (condition_of(status, "Paused") or {}).get("reason") != MANUAL_PAUSE
+    """Paused because the canary could not be judged (not a `pause: {}` step, not a person's pause)."""
+    return status.get("phase") == PAUSED and (condition_of(status, "Paused") or {}).get("reason") not in (
+        MANUAL_PAUSE, USER_PAUSE)
 
 
 def _limit_reached(tick: Tick, action: str, field: str, reason: str, message: str) -> bool:

@@ -21,6 +21,8 @@ ABORT = ANNOTATION_PREFIX + "abort"
 RETRY = ANNOTATION_PREFIX + "retry"
 ROLLBACK_TO = ANNOTATION_PREFIX + "rollback-to"
 ALERT = ANNOTATION_PREFIX + "alert"
+# Not consumed: it holds the canary while set (`asr-rollout pause`); removing it resumes.
+PAUSE = ANNOTATION_PREFIX + "pause"
 MANUAL_ANNOTATIONS = (PROMOTE, ABORT, RETRY, ROLLBACK_TO)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..durations import seconds_between
 from .analysis_gate import analysis_due, analysis_paused, gate_open, record_analysis, schedule_analysis
 from .children_plan import desired_replicas
-from .conditions import set_condition
-from .phases import CANARY_PHASES, FAILED_PHASE, MANUAL_PAUSE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED
+from .conditions import condition_of, set_condition
+from .controls import PAUSE
+from .phases import CANARY_PHASES, FAILED_PHASE, MANUAL_PAUSE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED, USER_PAUSE
 from .tick import POLL_SECONDS, Tick
 
 
@@ -150,9 +151,30 @@ def _canary(tick: Tick) -> None:
     if analysis_paused(tick.s):
         schedule_analysis(tick)
         return  # an analysis pause holds weight 0 and waits for a person (promote or retry)
+    if user_paused(tick):
+        schedule_analysis(tick)  # still judged: a failing canary rolls back while paused
+        return
     if ready:
         _run_steps(tick)
     schedule_analysis(tick)
+
+
+def user_paused(tick: Tick) -> bool:
+    """A person's pause (the `asr.rollout.dev/pause` annotation, `asr-rollout pause`): the canary
+    keeps its weight and no step runs until the annotation is removed. True while it holds."""
+    paused_by_user = (condition_of(tick.s, "Paused") or {}).get("reason") == USER_PAUSE and tick.phase == PAUSED
+    if tick.obs.annotations.get(PAUSE, "").lower() == "true":
+        if not paused_by_user:
+            tick.enter(PAUSED, f"paused by user at step {tick.s.get('currentStep') or 0}, canary weight "
+                               f"{int(tick.s.get('canaryWeight') or 0)}%; resume to continue (asr-rollout resume)")
+            set_condition(tick.s, "Paused", True, USER_PAUSE, tick.s["message"], tick.now)
+            tick.event("Paused", tick.s["message"])
+        return True
+    if paused_by_user:
+        tick.enter(PROGRESSING, f"resumed by user: canary {tick.s.get('canaryVersion')} continues")
+        set_condition(tick.s, "Paused", False, "Resumed", "pause annotation removed", tick.now)
+        tick.event("Resumed", tick.s["message"])
+    return False
 
 
 def _canary_reloaded(tick: Tick) -> bool:

@@ -12,4 +12,5 @@ FAILED_PHASE = "Failed"
 CANARY_PHASES = (PROGRESSING, PAUSED)
 
 MANUAL_PAUSE = "ManualPause"  # the Paused condition's reason at a `pause: {}` step
+USER_PAUSE = "UserPause"  # the Paused condition's reason while the `asr.rollout.dev/pause` annotation is set
 FINISHED_PHASES = (SUCCEEDED, ROLLED_BACK, FAILED_PHASE)  # no canary step runs in these
