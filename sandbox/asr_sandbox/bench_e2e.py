@@ -132,6 +132,14 @@ def run_side(side: str, args: argparse.Namespace, log: TextIO) -> tuple[list[dic
             try:
                 story = run_story(sandbox, [by_key[k] for k in keys], settings, args.assets / "audio",
                                   rate=args.rate, out=log, scenario_timeout_s=400)
+                # The story ends once the rollout's status says reverted; the pods may not have
+                # the previous version yet (without the push: until their kubelet syncs).
+                alert = next((r for r in story.runs if r.scenario.alert and r.alert_sent_at), None)
+                sent_at = alert.alert_sent_at if alert is not None else None
+                deadline = time.monotonic() + 150
+                while alert is not None and sent_at is not None and time.monotonic() < deadline and not any(
+                        s.at >= sent_at and all_serve(s, alert.previous_stable) for s in probe.samples[-5:]):
+                    time.sleep(0.5)
             finally:
                 probe.stop()
     common = {"side": side, "kubelet_sync_period_s": args.kubelet_sync_period}
