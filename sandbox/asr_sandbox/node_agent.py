@@ -322,11 +322,13 @@ class NodeAgent:
         of its own), `status.podIP` 127.0.0.1 and phase Running."""
         if pod.pod_object:
             return
-        body: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod.name, "namespace": self.namespace,
-                             "labels": dict(template["metadata"].get("labels") or {})},
-                "spec": {"containers": [{"name": "inference-server",
-                                         "ports": [{"name": "http", "containerPort": pod.port}]}]}}
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": self.namespace,
+                         "labels": dict(template["metadata"].get("labels") or {})},
+            "spec": {"containers": [{"name": "inference-server",
+                                     "ports": [{"name": "http", "containerPort": pod.port}]}]},
+        }
         response = self._session.post(self._pods_path(), json=body, timeout=5)
         if response.status_code == 409:
             response = self._session.put(self._pods_path(pod.name), json=body, timeout=5)
