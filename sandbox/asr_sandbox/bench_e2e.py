@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             print(json.dumps(line), flush=True)
             if line["bench"] in ("promotion_seconds", "post_promotion_revert_seconds"):
-                results.setdefault(side, {})[line["bench"] + str(line.get("version", ""))] = line["value"]
+                results.setdefault(side, {})[" ".join(filter(None, (line["bench"], line.get("version"))))] = line["value"]
     if {"before", "after"} <= set(results):
         for key, after in results["after"].items():
             before = results["before"].get(key)
