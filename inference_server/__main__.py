@@ -60,9 +60,9 @@ async def serve(settings: ServerSettings) -> int:
     from inference_server.threads import run_on_own_thread
 
     await run_on_own_thread("asr-import", import_runtime)
-    watcher = ConfigWatcher(slot, settings.watch_interval_s)
+    watcher = ConfigWatcher(slot, settings.watch_interval_s, apply=state.config_gate.offer_file)
     watcher.prime()
-    outcome = await slot.reload()
+    outcome = await state.config_gate.offer_file()
     if outcome.result != "success":
         log.error("initial model load failed; not ready, watching %s for a fix", settings.model_config)
     watcher.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -18,7 +19,9 @@ from inference_server.audio import SAMPLE_RATE, decode_audio
 from inference_server.errors import APIError, bad_request, not_ready
 from inference_server.metrics import ServerMetrics
 from inference_server.model_loader import LoadedModel
-from inference_server.model_slot import ModelSlot
+from inference_server.config import ConfigError, parse_model_config
+from inference_server.config_revision import APPLY, RevisionGate, outcome_of
+from inference_server.model_slot import ModelSlot, ReloadOutcome
 from inference_server.scheduler import InferenceScheduler
 from inference_server.settings import ServerSettings
 from inference_server.uploads import FIELD_LIMIT, Upload, read_multipart
@@ -28,7 +31,7 @@ log = logging.getLogger("inference_server.http")
 STREAM_ENDPOINT = "/v1/audio/stream"
 KNOWN_ENDPOINTS = {
     "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", STREAM_ENDPOINT,
-    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/v1/golden",
+    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/config", "/v1/golden",
 }
 
 
@@ -41,8 +44,11 @@ class ServerState:
     draining: bool = False
     inflight: int = 0
     started_at: float = field(default_factory=time.time)
+    config_gate: RevisionGate = field(init=False)
 
     def __post_init__(self) -> None:
+        self.config_gate = RevisionGate(self.slot)  # the file and PUT /admin/config meet here
+        self._applying: set[asyncio.Task[ReloadOutcome]] = set()
         # Read when scraped: nothing to update on the request path.
         self.metrics.inflight.labels(**self.metrics.pod).set_function(lambda: self.inflight)
 
@@ -261,17 +267,57 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def admin_reload(request: web.Request) -> web.StreamResponse:
+def _check_admin(request: web.Request) -> ServerState:
     state = request.app[STATE]
     token = state.settings.admin_token
     if not token:
-        raise APIError(404, "admin reload is off; set ASR_ADMIN_TOKEN to enable it", type="not_found")
+        raise APIError(404, "the admin endpoints are off; set ASR_ADMIN_TOKEN to enable them", type="not_found")
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         raise APIError(401, "missing or wrong bearer token", type="authentication_error")
-    outcome = await state.slot.reload(force=request.query.get("force") == "true")
+    return state
+
+
+async def admin_reload(request: web.Request) -> web.StreamResponse:
+    state = _check_admin(request)
+    outcome = await state.config_gate.offer_file(force=request.query.get("force") == "true")
     status = 409 if outcome.result == "failure" else 200
     return web.json_response(outcome.as_dict(), status=status)
+
+
+async def admin_config(request: web.Request) -> web.StreamResponse:
+    """`PUT /admin/config`: the operator's push of the model config (the body: the same YAML or
+    JSON the ConfigMap's `model.yaml` holds, with its `revision`). Served if its revision is newer
+    than any taken from the file or an earlier push (`inference_server.config_revision`).
+    `?wait=S` waits up to S seconds for the load (default 0: answer 202 once admitted; the load
+    goes on after the answer, also if the client has gone)."""
+    state = _check_admin(request)
+    try:
+        wait_s = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise bad_request(f"wait={request.query['wait']!r} is not a number of seconds") from None
+    text = await request.text()
+    try:
+        config = parse_model_config(text, "pushed model config")
+    except ConfigError as exc:
+        raise APIError(400, str(exc), type="invalid_config") from None
+    if config.revision is None:
+        raise APIError(400, "a pushed model config needs a 'revision' (the operator's write counter): "
+                            "without one it cannot be ordered against the mounted file", type="invalid_config")
+    admission = state.config_gate.admit(config, "pushed")
+    if admission.verdict != APPLY:
+        return web.json_response({**outcome_of(admission, config).as_dict(), "revision": admission.newest})
+    task = asyncio.get_running_loop().create_task(state.config_gate.apply(config))
+    state._applying.add(task)
+    task.add_done_callback(state._applying.discard)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, min(wait_s, 600.0)))
+    if not done:
+        return web.json_response({"result": "accepted", "reason": "loading", "version": config.version,
+                                  "revision": config.revision, "message": "admitted; loading", "at": time.time()},
+                                 status=202)
+    outcome = task.result()
+    return web.json_response({**outcome.as_dict(), "revision": config.revision},
+                             status=409 if outcome.result == "failure" else 200)
 
 
 def build_app(state: ServerState) -> web.Application:
@@ -289,4 +335,5 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", admin_reload)
+    app.router.add_put("/admin/config", admin_config)
     return app

@@ -40,6 +40,10 @@ class ModelConfig:
     sha256: str | None = None
     vad_path: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # Monotonic revision the operator writes on every change (docs/contracts.md): decides which
+    # of the pushed config and the file is newer. Not part of what is served: two configs that
+    # differ only in it are the same model, so a new revision of the same model reloads nothing.
+    revision: int | None = field(default=None, compare=False)
 
     def server_option(self, key: str) -> Any:
         return self.options.get(key, SERVER_OPTIONS[key])
@@ -107,12 +111,16 @@ def parse_model_config(text: str, source: str = "model config") -> ModelConfig:
         check_golden_options(options, source)
     except GoldenSetError as exc:
         raise ConfigError(str(exc)) from None
-    unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options"}
+    revision = data.get("revision")
+    if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int) or revision < 0):
+        raise ConfigError(f"{source}: 'revision' must be a non-negative integer (the operator's write counter)")
+    unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options", "revision"}
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; allowed: name, version, path, "
-                          "sha256, vad_path, options")
+                          "sha256, vad_path, options, revision")
     return ModelConfig(name=name, version=version, path=path, sha256=sha256,
-                       vad_path=vad_path.strip() if vad_path else None, options=dict(options))
+                       vad_path=vad_path.strip() if vad_path else None, options=dict(options),
+                       revision=revision)
 
 
 def read_model_config(path: Path) -> tuple[ModelConfig, bytes]:

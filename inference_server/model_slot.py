@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,15 @@ class ModelSlot:
             self.metrics.reload_result(outcome.version, outcome.result, outcome.reason)
         return outcome
 
-    async def reload(self, force: bool = False) -> ReloadOutcome:
-        """Read the config file and serve what it names. Serialized: one reload at a time."""
+    async def reload(self, force: bool = False, config: ModelConfig | None = None) -> ReloadOutcome:
+        """Serve `config` (None: read the config file). Serialized: one reload at a time.
+        Which config to offer is `inference_server.config_revision`'s decision."""
         async with self._lock:
-            try:
-                config, _ = read_model_config(self.config_path)
-            except ConfigError as exc:
-                return self._record(ReloadOutcome("failure", "invalid_config", None, str(exc), time.time()))
+            if config is None:
+                try:
+                    config, _ = read_model_config(self.config_path)
+                except ConfigError as exc:
+                    return self._record(ReloadOutcome("failure", "invalid_config", None, str(exc), time.time()))
             current = self.current
             if current is not None and not force and current.config == config:
                 return ReloadOutcome("unchanged", "ok", config.version, "already serving this config", time.time())
@@ -213,7 +216,7 @@ class ModelSlot:
         return {
             "serving": None if cur is None else {
                 "name": cur.name, "version": cur.version, "path": cur.config.path, "sha256": cur.digest,
-                "vad_path": cur.config.vad_path, "load_seconds": round(cur.load_seconds, 3),
+                "vad_path": cur.config.vad_path, "revision": cur.config.revision, "load_seconds": round(cur.load_seconds, 3),
                 "loaded_at": cur.loaded_at, "state": "READY", "device": cur.device,
                 "golden": cur.golden.summary() if cur.golden is not None else None,
             },
@@ -230,9 +233,11 @@ class ConfigWatcher(BackgroundLoop):
     symlink, so both its atomic symlink swap and a plain in-place edit show up as new bytes;
     polling (not inotify) also works on every volume type and needs no extra dependency."""
 
-    def __init__(self, slot: ModelSlot, interval_s: float = 0.5) -> None:
+    def __init__(self, slot: ModelSlot, interval_s: float = 0.5,
+                 apply: Callable[[], Awaitable[ReloadOutcome]] | None = None) -> None:
         self.slot = slot
         self.interval_s = interval_s
+        self.apply = apply or slot.reload  # the server passes its RevisionGate.offer_file
         self._last: bytes | None = None
 
     def _read(self) -> bytes | None:
@@ -252,4 +257,4 @@ class ConfigWatcher(BackgroundLoop):
                 continue
             self._last = data
             log.info("model config %s changed; reloading", self.slot.config_path)
-            await self.slot.reload()
+            await self.apply()

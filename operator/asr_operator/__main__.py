@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="port of the operator's own /metrics (0: do not serve)")
     parser.add_argument("--webhook-port", type=int, default=8081,
                         help="port of the Alertmanager webhook receiver POST /alerts (0: do not serve)")
+    parser.add_argument("--no-config-push", action="store_true",
+                        help="do not push model config changes to the pods: they then reach the pods only "
+                             "at the kubelet's next sync of the ConfigMap volume (up to about 90 s)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     for port_flag in ("metrics_port", "webhook_port"):
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers.configure(handlers.OperatorOptions(
         namespaces=list(args.namespace), standalone=args.standalone, disable_scanning=args.disable_scanning,
-        metrics_port=args.metrics_port, webhook_port=args.webhook_port, verbose=args.verbose))
+        metrics_port=args.metrics_port, webhook_port=args.webhook_port, verbose=args.verbose,
+        config_push=not args.no_config_push))
     peering = peering_options(os.environ)
     kopf.run(standalone=args.standalone, namespaces=args.namespace, clusterwide=not args.namespace,
              peering_name=None if args.standalone else peering.name,

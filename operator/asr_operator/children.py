@@ -56,9 +56,17 @@ def owner_references(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [ref]
 
 
-def model_config(model: ModelRef) -> dict[str, Any]:
-    """The model config file the server reads (docs/contracts.md, `model.yaml`)."""
+def admin_secret_name(rollout: str) -> str:
+    """The Secret holding the token of the pods' admin endpoints (asr_operator.config_push)."""
+    return f"{rollout}-admin-token"
+
+
+def model_config(model: ModelRef, revision: int | None = None) -> dict[str, Any]:
+    """The model config file the server reads (docs/contracts.md, `model.yaml`); `revision`:
+    the operator's write counter (asr_operator.config_push.plan_revision)."""
     config: dict[str, Any] = {"name": model.name, "version": model.version, "path": model.path}
+    if revision is not None:
+        config["revision"] = revision
     if model.sha256:
         config["sha256"] = model.sha256
     if model.vad_path:
@@ -87,7 +95,7 @@ def model_from_configmap(configmap: Mapping[str, Any] | None) -> ModelRef | None
 
 
 def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
-              owner: Mapping[str, Any]) -> dict[str, Any]:
+              owner: Mapping[str, Any], revision: int | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -97,7 +105,7 @@ def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
             "labels": {**track_labels(rollout, track), "asr.rollout.dev/version": model.version},
             "ownerReferences": owner_references(owner),
         },
-        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model), sort_keys=True)},
+        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model, revision), sort_keys=True)},
     }
 
 
@@ -107,6 +115,10 @@ def _env(rollout: str, track: str, template: PodTemplate) -> list[dict[str, Any]
         {"name": "ASR_ROLLOUT", "value": rollout},
         {"name": "ASR_TRACK", "value": track},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # The operator's config push authenticates with it (asr_operator.config_push).
+        # Optional: a pod never waits for it; one started without it converges through the file.
+        {"name": "ASR_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {"name": admin_secret_name(rollout), "key": "token",
+                                                                   "optional": True}}},
     ]
     ours = {item["name"] for item in fixed}
     return fixed + [dict(item) for item in template.env if item.get("name") not in ours]

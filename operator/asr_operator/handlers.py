@@ -18,6 +18,7 @@ import kopf
 from . import kube
 from .alert_webhook import TOKEN_ENV, start_alert_webhook
 from .analysis.prometheus_source import SourcePool
+from .config_push import ConfigPusher
 from .metrics import OperatorMetrics
 from .reconciler import Reconciler
 from .state_machine import ANNOTATION_PREFIX
@@ -42,6 +43,7 @@ class OperatorOptions:
     metrics_port: int = 8080
     webhook_port: int = 8081
     verbose: bool = False
+    config_push: bool = True  # push model config changes to the pods (--no-config-push: off)
 
 
 @dataclass
@@ -65,7 +67,9 @@ def configure(options: OperatorOptions) -> None:
 def _reconciler() -> Reconciler:
     if RUNTIME.reconciler is None:
         info = RUNTIME.connection or kube.login_info()
-        RUNTIME.reconciler = Reconciler(kube.KubeApi(info, relogin=kube.login_info), SourcePool(), RUNTIME.metrics)
+        api = kube.KubeApi(info, relogin=kube.login_info)
+        RUNTIME.reconciler = Reconciler(api, SourcePool(), RUNTIME.metrics,
+                                        pusher=ConfigPusher(api, enabled=RUNTIME.options.config_push))
     return RUNTIME.reconciler
 
 

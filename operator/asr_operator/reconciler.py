@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import children, kube
+from . import children, config_push, kube
 from .analysis import measure as measuring
 from .analysis.prometheus_source import SourcePool
 from .analysis.queries import QueryScope
@@ -59,8 +59,10 @@ def deployment_state(live: Mapping[str, Any] | None) -> DeploymentState | None:
 
 class Reconciler:
     def __init__(self, api: kube.KubeApi, sources: SourcePool, metrics: OperatorMetrics | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow, drift_check_seconds: float = 30.0):
+                 clock: Callable[[], datetime.datetime] = utcnow, drift_check_seconds: float = 30.0,
+                 pusher: config_push.ConfigPusher | None = None):
         self.api = api
+        self.pusher = pusher or config_push.ConfigPusher(api)
         self.sources = sources
         self.metrics = metrics
         self.clock = clock
@@ -159,7 +161,10 @@ class Reconciler:
             analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope,
                                                            stable_serves_traffic))
         if needs.served_versions:
-            served = await self._served_versions(spec, namespace, name, "stable")
+            # Asked of the stable pods themselves where they answer (no scrape interval between
+            # their reload and the end of Promoting), else of Prometheus.
+            served = (await self.pusher.served_versions(namespace, name, "stable")
+                      or await self._served_versions(spec, namespace, name, "stable"))
         canary_versions = None
         if needs.canary_versions:
             canary_versions = await self._served_versions(spec, namespace, name, "canary")
@@ -261,6 +266,9 @@ class Reconciler:
         meta = owner.get("metadata") or {}
         namespace, name = meta["namespace"], meta["name"]
         missing_route: RouteMissing | None = None
+        token: str | None = None
+        if any(isinstance(a, (EnsureConfigMap, EnsureDeployment)) for a in decision.actions):
+            token = await self.pusher.ensure_token(namespace, name, owner)  # before pods need it
         for action in decision.actions:
             if isinstance(action, EnsureServices):
                 for track in children.TRACKS:
@@ -274,8 +282,15 @@ class Reconciler:
                     # other router error stops here, so a ConfigMap never changes under traffic).
                     missing_route = error
             elif isinstance(action, EnsureConfigMap):
+                path = kube.configmap_path(namespace, children.configmap_name(name, action.track))
+                revision, changed = config_push.plan_revision(
+                    config_push.live_config(await self._get(path, cache)), children.model_config(action.model),
+                    int(time.time() * 1000))
+                desired = children.configmap(namespace, name, action.track, action.model, owner, revision)
                 await self._ensure(kube.configmap_path(namespace), children.configmap_name(name, action.track),
-                                   children.configmap(namespace, name, action.track, action.model, owner), cache)
+                                   desired, cache)
+                if changed:  # the fast path: the pods get it now, not at the kubelet's next sync
+                    await self.pusher.push(namespace, name, action.track, desired["data"][children.CONFIG_KEY], token)
             elif isinstance(action, EnsureDeployment):
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--examples", type=Path, nargs="*",
                         help="with --kubeconfig: manifests to apply (default: examples/rollout-*.yaml)")
     parser.add_argument("--server-only", action="store_true", help="the inference server's own short story")
+    parser.add_argument("--kubelet-sync-period", type=float, default=60.0,
+                        help="the node agent's kubelet sync period in seconds: a changed ConfigMap reaches a "
+                             "running pod up to this (+ jitter) later, as in a cluster (0: at once)")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.rate > 20:
         parser.error(f"--rate {args.rate}: use 0 < rate <= 20 requests per second (2 CPU cores serve about 10)")
@@ -49,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_sandbox(args: argparse.Namespace) -> int:
     from asr_sandbox.demo_assets import build_demo_models
+    from asr_sandbox.node_agent import KubeletDelay
     from asr_sandbox.report import summarize, table, verdict, write_report
     from asr_sandbox.sandbox import Sandbox
     from asr_sandbox.story import run_story
@@ -59,7 +63,8 @@ def run_sandbox(args: argparse.Namespace) -> int:
     settings = sc.DemoSettings()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = args.reports / f"demo-{stamp}"
-    with Sandbox(args.assets / "models", folder / "run", sc.NAMESPACE, sc.ROLLOUT, http_route=sc.ROLLOUT) as sandbox:
+    with Sandbox(args.assets / "models", folder / "run", sc.NAMESPACE, sc.ROLLOUT, http_route=sc.ROLLOUT,
+                 kubelet_delay=KubeletDelay(sync_period_s=args.kubelet_sync_period)) as sandbox:
         result = run_story(sandbox, story, settings, args.assets / "audio", rate=args.rate)
     shutil.rmtree(folder / "run" / "prometheus" / "data", ignore_errors=True)  # the TSDB: large, not needed
     summaries = [summarize(run, result.records, result.weight_log) for run in result.runs]
@@ -68,7 +73,8 @@ def run_sandbox(args: argparse.Namespace) -> int:
                      f"minRequests {settings.min_requests}, window {settings.window}, "
                      f"progressDeadlineSeconds {settings.progress_deadline_s}, error rate <= {settings.max_error_rate}, "
                      f"p99 <= {settings.max_p99_latency_s} s, real-time factor <= {settings.max_real_time_factor} "
-                     f"and <= {settings.max_real_time_factor_ratio}x stable's, steps {list(settings.steps)}, traffic {args.rate:g} req/s")
+                     f"and <= {settings.max_real_time_factor_ratio}x stable's, steps {list(settings.steps)}, traffic {args.rate:g} req/s, "
+                     f"kubelet ConfigMap sync period {args.kubelet_sync_period:g} s (+ jitter) with the operator's config push")
     report = write_report(folder, result, summaries, outcome, settings_text)
     print()
     print("\n".join(table(summaries)))

@@ -24,7 +24,7 @@ import yaml
 
 from asr_sandbox.gateway import Gateway
 from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
-from asr_sandbox.node_agent import NodeAgent
+from asr_sandbox.node_agent import KubeletDelay, NodeAgent
 from asr_sandbox.paths import CRD_PATH, REPO_ROOT
 from asr_sandbox.processes import free_port, stop_process_group
 from asr_sandbox.prometheus_runner import PrometheusRunner
@@ -74,7 +74,8 @@ class Api:
 class OperatorProcess:
     """The operator, unchanged, in its own process group; output to a log file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, config_push: bool = True) -> None:
+        self.config_push = config_push
         self.metrics_port = free_port()
         self.webhook_port = free_port()
         self.token = secrets.token_hex(16)
@@ -90,6 +91,8 @@ class OperatorProcess:
         argv = [sys.executable, "-m", "asr_operator", "--standalone", "--disable-scanning",
                 "--namespace", self.namespace, "--metrics-port", str(self.metrics_port),
                 "--webhook-port", str(self.webhook_port)]
+        if not self.config_push:
+            argv.append("--no-config-push")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
@@ -122,7 +125,13 @@ class OperatorProcess:
 class Sandbox:
     """Start with `with Sandbox(...) as sandbox:`; `api`, `gateway`, `agent`, `operator` are live inside."""
 
-    def __init__(self, models_root: Path, workdir: Path, namespace: str, rollout: str, http_route: str | None) -> None:
+    def __init__(self, models_root: Path, workdir: Path, namespace: str, rollout: str, http_route: str | None,
+                 kubelet_delay: KubeletDelay = KubeletDelay(), config_push: bool = True) -> None:
+        # kubelet_delay: how late a ConfigMap change reaches a running pod (a real kubelet's
+        # pace by default); config_push: the operator's push of the model config to the pods
+        # (off: only the kubelet's copy carries a change, the "before" side of bench-e2e).
+        self.kubelet_delay = kubelet_delay
+        self.config_push = config_push
         self.models_root = Path(models_root)
         self.workdir = Path(workdir)
         self.namespace = namespace
@@ -148,10 +157,11 @@ class Sandbox:
         self.prometheus = self._stack.enter_context(PrometheusRunner(self.workdir / "prometheus"))
         self.agent = self._stack.enter_context(NodeAgent(
             self.emulator.url, self.namespace, self.rollout, self.models_root, self.workdir / "pods",
-            prometheus=self.prometheus))
+            prometheus=self.prometheus, kubelet_delay=self.kubelet_delay))
         self.gateway = self._stack.enter_context(Gateway(
             self.emulator.url, self.namespace, self.rollout, self.agent.endpoints, self.http_route))
-        self.operator = OperatorProcess(self.kubeconfig, self.namespace, self.workdir / "operator.log")
+        self.operator = OperatorProcess(self.kubeconfig, self.namespace, self.workdir / "operator.log",
+                                        config_push=self.config_push)
         self._stack.callback(self.operator.stop)
         self.operator.start()
         self.prometheus.set_targets("asr-operator", [(f"127.0.0.1:{self.operator.metrics_port}", {})])

@@ -8,7 +8,9 @@ import pytest
 
 from asr_sandbox import scenarios as sc
 from asr_sandbox.gateway import WeightedChooser, canary_weight
-from asr_sandbox.node_agent import PodProcess, deployment_status, map_args, resolve_env
+from asr_sandbox.node_agent import (
+    IMMEDIATE, KubeletDelay, NodeAgent, PodProcess, deployment_status, map_args, resolve_env,
+)
 from asr_sandbox.report import traffic_restored_at
 
 
@@ -51,6 +53,46 @@ def test_pod_env_fills_the_downward_api() -> None:
     assert env == {"ASR_TRACK": "canary", "ASR_NAMESPACE": "ns", "POD_NAME": "p-0"}
     with pytest.raises(ValueError, match="only fieldRef"):
         resolve_env([{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}], "ns", "p")
+
+
+def test_pod_env_reads_secret_key_refs() -> None:
+    ref = {"name": "ASR_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {"name": "r-admin-token", "key": "token"}}}
+    secrets = {("r-admin-token", "token"): "t0ken"}
+    assert resolve_env([ref], "ns", "p", lambda n, k: secrets.get((n, k))) == {"ASR_ADMIN_TOKEN": "t0ken"}
+    with pytest.raises(LookupError, match="r-admin-token"):  # a real pod waits in CreateContainerConfigError
+        resolve_env([ref], "ns", "p", lambda n, k: None)
+    optional = {**ref, "valueFrom": {"secretKeyRef": {**ref["valueFrom"]["secretKeyRef"], "optional": True}}}
+    assert resolve_env([optional], "ns", "p", lambda n, k: None) == {}
+
+
+def test_kubelet_delay_is_drawn_up_to_the_sync_period_plus_jitter() -> None:
+    import random
+
+    rng = random.Random(7)
+    draws = [KubeletDelay().draw(rng) for _ in range(2000)]
+    assert 0 <= min(draws) and max(draws) <= 90.0
+    assert max(draws) > 60.0  # the jitter stretches some intervals past the sync period
+    assert IMMEDIATE.draw(rng) == 0.0
+
+
+def test_a_running_pod_gets_a_changed_configmap_only_at_its_next_sync(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from asr_sandbox import ConfigMapDir
+
+    agent = NodeAgent("http://127.0.0.1:1", "ns", "r", tmp_path, tmp_path / "pods",
+                      kubelet_delay=KubeletDelay(sync_period_s=3600.0))
+    pod = PodProcess("r-stable-0", "r-stable", "stable", tmp_path, ConfigMapDir(tmp_path / "cm"))
+    v1, v2, v3 = (yaml.safe_dump({"version": v}) for v in ("v1", "v2", "v3"))
+    agent._project(pod, v1)  # a starting pod reads the ConfigMap at once
+    assert yaml.safe_load(pod.config_dir.path.read_text())["version"] == "v1"
+    agent._project(pod, v2)  # changed while it runs: waits for the pod's next sync
+    assert pod.sync_due is not None and yaml.safe_load(pod.config_dir.path.read_text())["version"] == "v1"
+    agent._project(pod, v3)  # changed again meanwhile: the same sync, with whatever is current then
+    pod.sync_due = 0.0  # the sync is due
+    agent._project(pod, v3)
+    assert yaml.safe_load(pod.config_dir.path.read_text())["version"] == "v3"
+    assert [name for name, _, _ in agent.projections] == ["r-stable-0"] and pod.sync_due is None
 
 
 def test_deployment_status_counts_ready_pods_and_ignores_terminating(tmp_path) -> None:  # type: ignore[no-untyped-def]

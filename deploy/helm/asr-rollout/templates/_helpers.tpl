@@ -73,6 +73,14 @@ Peering rules are added by rbac.yaml for the mode in use.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch"]
+# Config push: the pods of a track (their podIP and http port), listed right after its ConfigMap
+# is written; and the per-rollout admin token Secret, created once and read (never updated).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 # Gateway API router: only the backendRef weights of the HTTPRoute named in the spec.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
