@@ -311,7 +311,8 @@ async def report_pod_status(session: aiohttp.ClientSession, api_url: str, pod: d
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     conditions = [{"type": kind, "status": "True" if kind in ("PodScheduled", "Initialized") else wanted,
                    "lastTransitionTime": now} for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-    body = {"status": {"phase": "Running", "conditions": conditions, "podIP": "10.244.0.1", "startTime": now}}
+    # No podIP: these pods serve nothing, so the operator's config push has nowhere to go (it skips them).
+    body = {"status": {"phase": "Running", "conditions": conditions, "startTime": now}}
     meta = pod["metadata"]
     path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
     async with session.patch(api_url + path, json=body,
