@@ -56,8 +56,15 @@ def owner_references(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [ref]
 
 
-def model_config(model: ModelRef) -> dict[str, Any]:
-    """The model config file the server reads (docs/contracts.md, `model.yaml`)."""
+def canary_url(namespace: str, rollout: str) -> str:
+    """The canary track's Service, the only place a stable pod sends shadow copies to."""
+    return f"http://{deployment_name(rollout, 'canary')}.{namespace}.svc:{SERVER_PORT}"
+
+
+def model_config(model: ModelRef, shadow: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The model config file the server reads (docs/contracts.md, `model.yaml`). `shadow`: the
+    stable track's copy setting in a shadow stage ({url, percent}); the server applies it
+    without reloading the model, and its removal stops the copies."""
     config: dict[str, Any] = {"name": model.name, "version": model.version, "path": model.path}
     if model.sha256:
         config["sha256"] = model.sha256
@@ -65,6 +72,8 @@ def model_config(model: ModelRef) -> dict[str, Any]:
         config["vad_path"] = model.vad_path
     if model.options:
         config["options"] = dict(model.options)
+    if shadow:
+        config["shadow"] = dict(shadow)
     return config
 
 
@@ -87,7 +96,9 @@ def model_from_configmap(configmap: Mapping[str, Any] | None) -> ModelRef | None
 
 
 def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
-              owner: Mapping[str, Any]) -> dict[str, Any]:
+              owner: Mapping[str, Any], shadow_percent: int | None = None) -> dict[str, Any]:
+    shadow = ({"url": canary_url(namespace, rollout), "percent": shadow_percent}
+              if shadow_percent and track == "stable" else None)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -97,7 +108,7 @@ def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
             "labels": {**track_labels(rollout, track), "asr.rollout.dev/version": model.version},
             "ownerReferences": owner_references(owner),
         },
-        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model), sort_keys=True)},
+        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model, shadow), sort_keys=True)},
     }
 
 
@@ -177,9 +188,15 @@ def track_service(namespace: str, rollout: str, track: str, owner: Mapping[str, 
                     {"asr.rollout.dev/rollout": rollout, "asr.rollout.dev/track": track}, owner)
 
 
-def combined_service(namespace: str, rollout: str, owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The replicaRatio router's Service: both tracks, so pod counts set the split."""
-    return _service(namespace, rollout, common_labels(rollout), {"asr.rollout.dev/rollout": rollout}, owner)
+def combined_service(namespace: str, rollout: str, owner: Mapping[str, Any],
+                     stable_only: bool = False) -> dict[str, Any]:
+    """The replicaRatio router's Service: both tracks, so pod counts set the split. At weight 0
+    (`stable_only`) it selects the stable pods alone: a canary pod running then (the shadow
+    stage's) takes copies of requests, never users' requests."""
+    selector = {"asr.rollout.dev/rollout": rollout}
+    if stable_only:
+        selector["asr.rollout.dev/track"] = "stable"
+    return _service(namespace, rollout, common_labels(rollout), selector, owner)
 
 
 def contains(live: Any, desired: Any) -> bool:

@@ -32,6 +32,7 @@ from .state_machine import (
     EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
 )
 from .traffic.gateway_api import GatewayApiRouter
+from .state_machine.shadow_stage import shadow_stage_active
 from .traffic.replica_ratio import ReplicaRatioRouter
 from .traffic.router import RouteMissing, RouterError, TrafficRouter
 
@@ -156,7 +157,9 @@ class Reconciler:
             stable_scope = QueryScope(namespace=namespace, rollout=name, track="stable",
                                       version=stable_version) if stable_version else None
             stable_serves_traffic = int(status.get("canaryWeight") or 0) < 100
-            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope,
+            # In a shadow stage only the shadow metrics judge (and only there do they).
+            judged = measuring.stage_analysis(spec.analysis, shadow_stage_active(status))
+            analysis = AnalysisRun(await measuring.measure(source, judged, scope, stable_scope,
                                                            stable_serves_traffic))
         if needs.served_versions:
             served = await self._served_versions(spec, namespace, name, "stable")
@@ -275,7 +278,8 @@ class Reconciler:
                     missing_route = error
             elif isinstance(action, EnsureConfigMap):
                 await self._ensure(kube.configmap_path(namespace), children.configmap_name(name, action.track),
-                                   children.configmap(namespace, name, action.track, action.model, owner), cache)
+                                   children.configmap(namespace, name, action.track, action.model, owner,
+                                                      action.shadow_percent), cache)
             elif isinstance(action, EnsureDeployment):
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,
