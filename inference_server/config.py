@@ -107,10 +107,12 @@ def parse_model_config(text: str, source: str = "model config") -> ModelConfig:
         check_golden_options(options, source)
     except GoldenSetError as exc:
         raise ConfigError(str(exc)) from None
-    unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options"}
+    # `shadow` (a shadow stage's copy setting) is read by inference_server.shadow, not here: a
+    # change of it alone must not reload the model.
+    unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options", "shadow"}
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; allowed: name, version, path, "
-                          "sha256, vad_path, options")
+                          "sha256, vad_path, options, shadow")
     return ModelConfig(name=name, version=version, path=path, sha256=sha256,
                        vad_path=vad_path.strip() if vad_path else None, options=dict(options))
 
