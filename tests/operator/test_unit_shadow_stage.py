@@ -14,9 +14,9 @@ from asr_operator.spec import InvalidSpec, ModelRef, parse_spec
 from asr_operator.state_machine import Decision, EnsureConfigMap, EnsureDeployment
 from tests.operator.test_unit_state_machine import Analysis, World, canary_world, rollout_spec
 
-SHADOW_METRICS = [{"name": "shadow-error-rate", "max": 0.01}, {"name": "shadow-cer", "max": 0.1},
+SHADOW_METRICS: list[dict[str, Any]] = [{"name": "shadow-error-rate", "max": 0.01}, {"name": "shadow-cer", "max": 0.1},
                   {"name": "error-rate", "max": 0.01}]
-STEPS = [{"shadow": {"percent": 20, "duration": "2m"}}, {"setWeight": 10}, {"pause": {"duration": "1m"}},
+STEPS: list[dict[str, Any]] = [{"shadow": {"percent": 20, "duration": "2m"}}, {"setWeight": 10}, {"pause": {"duration": "1m"}},
          {"setWeight": 100}]
 
 

@@ -169,7 +169,7 @@ async def test_copies_reach_the_canary_after_the_answer_and_are_scored_against_s
             base = await _metric(session, canary.url, "asr_shadow_requests_total", code="200")
             edits0 = await _metric(session, canary.url, "asr_shadow_char_edits_total")
             chars0 = await _metric(session, canary.url, "asr_shadow_reference_chars_total")
-            expected_edits = expected_chars = 0
+            expected_edits, expected_chars = 0.0, 0.0
             for clip in clips:
                 reference = (await _transcribe(session, stable.url, clip))["text"]
                 hypothesis = (await _transcribe(session, canary.url, clip))["text"]
