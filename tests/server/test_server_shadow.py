@@ -179,9 +179,9 @@ async def test_copies_reach_the_canary_after_the_answer_and_are_scored_against_s
             async def all_scored() -> bool:
                 return await _metric(session, canary.url, "asr_shadow_requests_total", code="200") >= base + 3
             await _wait_for(all_scored, "the three copies scored")
-            edits = await _metric(session, canary.url, "asr_shadow_char_edits_total") - edits0
-            chars = await _metric(session, canary.url, "asr_shadow_reference_chars_total") - chars0
-            assert (edits, chars) == (expected_edits, expected_chars)
+            got_edits = await _metric(session, canary.url, "asr_shadow_char_edits_total") - edits0
+            got_chars = await _metric(session, canary.url, "asr_shadow_reference_chars_total") - chars0
+            assert (got_edits, got_chars) == (expected_edits, expected_chars)
             assert expected_edits > 0, "v1 and v2 are different models: their transcripts differ"
             # Copies are not user traffic on the canary: its own user requests are the 3 above only.
             assert await _metric(session, canary.url, "asr_requests_total", endpoint="/v1/audio/transcriptions") == 3
