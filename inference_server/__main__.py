@@ -71,12 +71,18 @@ async def serve(settings: ServerSettings) -> int:
     golden_monitor = GoldenMonitor(lambda: slot.current, state.scheduler.run,
                                    lambda m, r: slot.golden_metrics.publish(m.name, m.version, r))
     golden_monitor.start()
+    from inference_server.shadow import ShadowCopier
+
+    state.shadow = ShadowCopier(state.shadow_metrics, settings.model_config, settings.watch_interval_s)
+    state.shadow.refresh()
+    state.shadow.start()
 
     await stop.wait()
     log.info("SIGTERM: not ready any more, draining %d request(s)", state.inflight)
     state.draining = True
     await watcher.stop()
     await golden_monitor.stop()
+    await state.shadow.stop()
     await site.stop()  # stop accepting connections
     deadline = loop.time() + settings.drain_timeout_s
     while state.inflight > 0 and loop.time() < deadline:

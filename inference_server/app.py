@@ -24,6 +24,7 @@ from inference_server.config_revision import APPLY, RevisionGate, outcome_of
 from inference_server.model_slot import ModelSlot, ReloadOutcome
 from inference_server.scheduler import InferenceScheduler
 from inference_server.settings import ServerSettings
+from inference_server.shadow import SHADOW_ENDPOINT, ShadowCopier, ShadowMetrics, shadow_transcribe
 from inference_server.uploads import FIELD_LIMIT, Upload, read_multipart
 
 log = logging.getLogger("inference_server.http")
@@ -31,7 +32,7 @@ log = logging.getLogger("inference_server.http")
 STREAM_ENDPOINT = "/v1/audio/stream"
 KNOWN_ENDPOINTS = {
     "/v1/audio/transcriptions", "/v1/audio/transcriptions/batch", "/v1/vad", STREAM_ENDPOINT,
-    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/config", "/v1/golden",
+    "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload", "/admin/config", "/v1/golden", SHADOW_ENDPOINT,
 }
 
 
@@ -45,10 +46,13 @@ class ServerState:
     inflight: int = 0
     started_at: float = field(default_factory=time.time)
     config_gate: RevisionGate = field(init=False)
+    shadow: ShadowCopier | None = None  # stable side of a shadow stage (copies after the answer)
+    shadow_metrics: ShadowMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.config_gate = RevisionGate(self.slot)  # the file and PUT /admin/config meet here
         self._applying: set[asyncio.Task[ReloadOutcome]] = set()
+        self.shadow_metrics = ShadowMetrics(self.metrics.registry, self.metrics.pod)
         # Read when scraped: nothing to update on the request path.
         self.metrics.inflight.labels(**self.metrics.pod).set_function(lambda: self.inflight)
 
@@ -164,7 +168,14 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         transcript = await _transcribe(state, model, audio)
         if upload.fields.get("language"):
             transcript.language = upload.fields["language"]
-        return render(fmt, transcript, model)
+        response = render(fmt, transcript, model)
+        copier = state.shadow
+        if copier is not None and copier.wants_copy():
+            # The user's answer is written (and finished) first; the copy only then is queued.
+            await response.prepare(request)
+            await response.write_eof()
+            copier.offer(bytes(data), upload.files[0][0], transcript.text, model.version)
+        return response
     finally:
         model.release()
 
@@ -336,4 +347,5 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", admin_reload)
     app.router.add_put("/admin/config", admin_config)
+    app.router.add_post(SHADOW_ENDPOINT, shadow_transcribe)
     return app

@@ -114,10 +114,12 @@ def parse_model_config(text: str, source: str = "model config") -> ModelConfig:
     revision = data.get("revision")
     if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int) or revision < 0):
         raise ConfigError(f"{source}: 'revision' must be a non-negative integer (the operator's write counter)")
-    unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options", "revision"}
+    # `shadow` (a shadow stage's copy setting) is read by inference_server.shadow, not here: a
+    # change of it alone must not reload the model.
+    unknown = set(data) - {"name", "version", "path", "sha256", "vad_path", "options", "revision", "shadow"}
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; allowed: name, version, path, "
-                          "sha256, vad_path, options, revision")
+                          "sha256, vad_path, options, revision, shadow")
     return ModelConfig(name=name, version=version, path=path, sha256=sha256,
                        vad_path=vad_path.strip() if vad_path else None, options=dict(options),
                        revision=revision)

@@ -61,9 +61,22 @@ def admin_secret_name(rollout: str) -> str:
     return f"{rollout}-admin-token"
 
 
-def model_config(model: ModelRef, revision: int | None = None) -> dict[str, Any]:
+def canary_url(namespace: str, rollout: str) -> str:
+    """The canary track's Service, the only place a stable pod sends shadow copies to."""
+    return f"http://{deployment_name(rollout, 'canary')}.{namespace}.svc:{SERVER_PORT}"
+
+
+def shadow_config(namespace: str, rollout: str, track: str, percent: int | None) -> dict[str, Any] | None:
+    """The stable track's copy setting while a shadow stage runs; None otherwise."""
+    return {"url": canary_url(namespace, rollout), "percent": percent} if percent and track == "stable" else None
+
+
+def model_config(model: ModelRef, revision: int | None = None,
+                 shadow: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The model config file the server reads (docs/contracts.md, `model.yaml`); `revision`:
-    the operator's write counter (asr_operator.config_push.plan_revision)."""
+    the operator's write counter (asr_operator.config_push.plan_revision); `shadow`: the
+    stable track's copy setting in a shadow stage ({url, percent}); the server applies it
+    without reloading the model, and its removal stops the copies."""
     config: dict[str, Any] = {"name": model.name, "version": model.version, "path": model.path}
     if revision is not None:
         config["revision"] = revision
@@ -73,6 +86,8 @@ def model_config(model: ModelRef, revision: int | None = None) -> dict[str, Any]
         config["vad_path"] = model.vad_path
     if model.options:
         config["options"] = dict(model.options)
+    if shadow:
+        config["shadow"] = dict(shadow)
     return config
 
 
@@ -95,7 +110,9 @@ def model_from_configmap(configmap: Mapping[str, Any] | None) -> ModelRef | None
 
 
 def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
-              owner: Mapping[str, Any], revision: int | None = None) -> dict[str, Any]:
+              owner: Mapping[str, Any], revision: int | None = None,
+              shadow_percent: int | None = None) -> dict[str, Any]:
+    shadow = shadow_config(namespace, rollout, track, shadow_percent)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -105,7 +122,7 @@ def configmap(namespace: str, rollout: str, track: str, model: ModelRef,
             "labels": {**track_labels(rollout, track), "asr.rollout.dev/version": model.version},
             "ownerReferences": owner_references(owner),
         },
-        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model, revision), sort_keys=True)},
+        "data": {CONFIG_KEY: yaml.safe_dump(model_config(model, revision, shadow), sort_keys=True)},
     }
 
 
@@ -189,9 +206,15 @@ def track_service(namespace: str, rollout: str, track: str, owner: Mapping[str, 
                     {"asr.rollout.dev/rollout": rollout, "asr.rollout.dev/track": track}, owner)
 
 
-def combined_service(namespace: str, rollout: str, owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The replicaRatio router's Service: both tracks, so pod counts set the split."""
-    return _service(namespace, rollout, common_labels(rollout), {"asr.rollout.dev/rollout": rollout}, owner)
+def combined_service(namespace: str, rollout: str, owner: Mapping[str, Any],
+                     stable_only: bool = False) -> dict[str, Any]:
+    """The replicaRatio router's Service: both tracks, so pod counts set the split. At weight 0
+    (`stable_only`) it selects the stable pods alone: a canary pod running then (the shadow
+    stage's) takes copies of requests, never users' requests."""
+    selector = {"asr.rollout.dev/rollout": rollout}
+    if stable_only:
+        selector["asr.rollout.dev/track"] = "stable"
+    return _service(namespace, rollout, common_labels(rollout), selector, owner)
 
 
 def contains(live: Any, desired: Any) -> bool:

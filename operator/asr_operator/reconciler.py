@@ -32,6 +32,7 @@ from .state_machine import (
     EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
 )
 from .traffic.gateway_api import GatewayApiRouter
+from .state_machine.shadow_stage import shadow_stage_active
 from .traffic.replica_ratio import ReplicaRatioRouter
 from .traffic.router import RouteMissing, RouterError, TrafficRouter
 
@@ -158,7 +159,9 @@ class Reconciler:
             stable_scope = QueryScope(namespace=namespace, rollout=name, track="stable",
                                       version=stable_version) if stable_version else None
             stable_serves_traffic = int(status.get("canaryWeight") or 0) < 100
-            analysis = AnalysisRun(await measuring.measure(source, spec.analysis, scope, stable_scope,
+            # In a shadow stage only the shadow metrics judge (and only there do they).
+            judged = measuring.stage_analysis(spec.analysis, shadow_stage_active(status))
+            analysis = AnalysisRun(await measuring.measure(source, judged, scope, stable_scope,
                                                            stable_serves_traffic))
         if needs.served_versions:
             # Asked of the stable pods themselves where they answer (no scrape interval between
@@ -283,10 +286,12 @@ class Reconciler:
                     missing_route = error
             elif isinstance(action, EnsureConfigMap):
                 path = kube.configmap_path(namespace, children.configmap_name(name, action.track))
+                shadow = children.shadow_config(namespace, name, action.track, action.shadow_percent)
                 revision, changed = config_push.plan_revision(
-                    config_push.live_config(await self._get(path, cache)), children.model_config(action.model),
-                    int(time.time() * 1000))
-                desired = children.configmap(namespace, name, action.track, action.model, owner, revision)
+                    config_push.live_config(await self._get(path, cache)),
+                    children.model_config(action.model, shadow=shadow), int(time.time() * 1000))
+                desired = children.configmap(namespace, name, action.track, action.model, owner, revision,
+                                             action.shadow_percent)
                 await self._ensure(kube.configmap_path(namespace), children.configmap_name(name, action.track),
                                    desired, cache)
                 if changed:  # the fast path: the pods get it now, not at the kubelet's next sync

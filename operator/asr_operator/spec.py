@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .analysis import golden, queries
+from .analysis import golden, queries, shadow_queries
 from .durations import parse_duration
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -123,10 +123,18 @@ class Step:
     set_weight: int | None = None
     pause: bool = False
     pause_seconds: float | None = None  # None with pause=True: wait for the promote annotation
+    # A shadow stage (weight 0): stable pods copy this percent of their requests to the canary
+    # for shadow_seconds, and the stage's analysis must pass before the first weight.
+    shadow_percent: int | None = None
+    shadow_seconds: float | None = None
 
     @property
     def is_manual_pause(self) -> bool:
         return self.pause and self.pause_seconds is None
+
+    @property
+    def is_shadow(self) -> bool:
+        return self.shadow_percent is not None
 
 
 @dataclass(frozen=True)
@@ -299,6 +307,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> RolloutSpec:
     if analysis is not None and analysis.metrics and not any((step.set_weight or 0) > 0 for step in strategy.steps):
         check.fail("spec.strategy.steps", "no step sends traffic to the canary (setWeight above 0), so the "
                                           "analysis could never measure it; add e.g. {setWeight: 10}")
+    _check_shadow_metrics(check, strategy, analysis)
     if check.problems or model is None or server is None or traffic is None:
         raise InvalidSpec(check.problems or ["spec: could not be read"])
     return RolloutSpec(
@@ -394,10 +403,18 @@ def _parse_strategy(check: _Checker, raw: Any) -> StrategySpec:
         for index, item in enumerate(steps_raw):
             path = f"spec.strategy.steps[{index}]"
             if not isinstance(item, Mapping) or len(item) != 1:
-                check.fail(path, "must have exactly one key: setWeight or pause")
+                check.fail(path, "must have exactly one key: setWeight, pause or shadow")
                 continue
             (key, value), = item.items()
-            if key == "setWeight":
+            if key == "shadow":
+                shadow = _parse_shadow_step(check, value, f"{path}.shadow")
+                if shadow is not None:
+                    steps.append(shadow)
+                if any(step.set_weight is not None for step in steps):
+                    first = next(i for i, step in enumerate(steps) if step.set_weight is not None)
+                    check.fail(f"{path}.shadow", f"a shadow stage runs at weight 0, before any user traffic; "
+                                                 f"move it before the first setWeight (steps[{first}])")
+            elif key == "setWeight":
                 if isinstance(value, bool) or not isinstance(value, int):
                     check.fail(f"{path}.setWeight", f"must be an integer 0..100, got {value!r}")
                 elif value > 100:
@@ -414,7 +431,7 @@ def _parse_strategy(check: _Checker, raw: Any) -> StrategySpec:
                     seconds = check.duration(pause.get("duration"), f"{path}.pause.duration", "0s")
                     steps.append(Step(pause=True, pause_seconds=seconds))
             else:
-                check.fail(path, f"unknown step {key!r}; use setWeight or pause")
+                check.fail(path, f"unknown step {key!r}; use setWeight, pause or shadow")
     deadline = check.integer(strategy.get("progressDeadlineSeconds"),
                              "spec.strategy.progressDeadlineSeconds", default=600, minimum=1)
     stable_update = strategy.get("stableUpdate", "hot")
@@ -425,6 +442,44 @@ def _parse_strategy(check: _Checker, raw: Any) -> StrategySpec:
         stable_update = "hot"
     return StrategySpec(steps=tuple(steps), progress_deadline_seconds=float(deadline),
                         stable_update=str(stable_update))
+
+
+def _parse_shadow_step(check: _Checker, raw: Any, path: str) -> Step | None:
+    shadow = check.mapping(raw, path)
+    if not shadow:
+        if isinstance(raw, Mapping):
+            check.fail(path, "needs percent and duration, e.g. {percent: 20, duration: 2m}")
+        return None
+    unknown = sorted(set(shadow) - {"percent", "duration"})
+    if unknown:
+        check.fail(path, f"unknown keys {', '.join(unknown)}; a shadow step takes percent and duration")
+    if shadow.get("percent") is None:
+        check.fail(f"{path}.percent", "is required: the share of stable's requests copied to the canary, 1..100")
+        return None
+    if shadow.get("duration") is None:
+        check.fail(f"{path}.duration", "is required: how long the canary is judged on copies, e.g. 2m")
+        return None
+    before = len(check.problems)
+    percent = check.integer(shadow.get("percent"), f"{path}.percent", default=0, minimum=1, maximum=100)
+    seconds = check.duration(shadow.get("duration"), f"{path}.duration", "1s", 1.0)
+    if len(check.problems) > before:
+        return None
+    return Step(shadow_percent=percent, shadow_seconds=seconds)
+
+
+def _check_shadow_metrics(check: _Checker, strategy: StrategySpec, analysis: AnalysisSpec | None) -> None:
+    """A shadow stage is judged only by the shadow metrics (user-traffic metrics have no
+    requests at weight 0), and the shadow metrics only ever have data in a shadow stage."""
+    has_stage = any(step.is_shadow for step in strategy.steps)
+    metrics = analysis.metrics if analysis is not None else ()
+    shadow_metrics = [metric.kind for metric in metrics if metric.kind in shadow_queries.SHADOW_METRICS]
+    if has_stage and not shadow_metrics:
+        check.fail("spec.analysis.metrics", "a shadow step needs at least one shadow metric to judge it; add e.g. "
+                                            "{name: shadow-error-rate, max: 0.01} and {name: shadow-cer, max: 0.1}")
+    if shadow_metrics and not has_stage:
+        check.fail("spec.analysis.metrics", f"{', '.join(sorted(set(shadow_metrics)))} measure a shadow stage, and "
+                                            "no step is one; add e.g. {shadow: {percent: 20, duration: 2m}} "
+                                            "before the first setWeight, or remove the shadow metrics")
 
 
 def _parse_analysis(check: _Checker, raw: Any) -> AnalysisSpec | None:
@@ -483,7 +538,8 @@ def _limit_action(check: _Checker, value: Any, path: str) -> str:
 
 def _parse_metric(check: _Checker, item: Mapping[str, Any], path: str) -> MetricSpec | None:
     name = item.get("name")
-    known = (*queries.BUILTIN_METRICS, *queries.RESOURCE_METRICS, *golden.GOLDEN_METRICS, queries.CUSTOM_METRIC)
+    known = (*queries.BUILTIN_METRICS, *queries.RESOURCE_METRICS, *golden.GOLDEN_METRICS,
+             *shadow_queries.SHADOW_METRICS, queries.CUSTOM_METRIC)
     if name in queries.PENDING_METRICS:
         check.fail(f"{path}.name", f"{name!r} is not implemented by this operator version yet; "
                                    f"remove it or use one of {', '.join(known)}")

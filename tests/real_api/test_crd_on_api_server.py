@@ -65,6 +65,9 @@ REFUSED = [
      "spec.strategy.steps[0].setWeight", "less than or equal to 100"),
     ("weights-decrease", _mutate("strategy.steps", [{"setWeight": 50}, {"setWeight": 10}, {"pause": {}}]),
      "spec.strategy.steps", "setWeight values must not decrease"),
+    ("shadow-after-weight", _mutate("strategy.steps", [{"setWeight": 10},
+                                                        {"shadow": {"percent": 20, "duration": "1m"}}]),
+     "spec.strategy.steps", "a shadow step must come before every setWeight step"),
     ("builtin-with-query", _mutate("analysis.metrics.0", {"name": "error-rate", "max": 1, "query": "up"}),
      "spec.analysis.metrics[0]", "only `name: custom` takes a `query`"),
     ("custom-without-query", _mutate("analysis.metrics.0", {"name": "custom", "max": 1}),
@@ -114,3 +117,11 @@ def test_status_is_a_subresource(kube: KubeClient) -> None:
         kube.patch(*RO, NAMESPACE, "status-check", {"status": {"phase": "Done"}}, subresource="status")
     assert refused.value.status == 422 and 'phase: Unsupported value: "Done"' in str(refused.value)
     kube.delete(*RO, NAMESPACE, "status-check")
+
+
+def test_a_shadow_stage_before_the_weights_is_accepted(kube: KubeClient) -> None:
+    rollout = with_namespace(minimal_rollout())
+    rollout["spec"]["strategy"]["steps"] = [{"shadow": {"percent": 20, "duration": "2m"}}, {"pause": {}},
+                                            {"setWeight": 10}, {"setWeight": 100}]
+    rollout["spec"]["analysis"]["metrics"].append({"name": "shadow-cer", "max": 0.1})
+    dry_run_create(kube, rollout)

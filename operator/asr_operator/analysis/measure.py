@@ -5,13 +5,15 @@ import asyncio
 from dataclasses import replace
 
 from ..spec import AnalysisSpec, MetricSpec
-from . import golden, queries
+from . import golden, queries, shadow_queries
 from .prometheus_source import MetricSource
 from .relative import judge_against_stable
 from .verdict import ERROR, INCONCLUSIVE, SUCCESSFUL, Measurement, QueryFailed, judge, judge_error, too_few_requests
 
 
 def metric_query(metric: MetricSpec, scope: queries.QueryScope, window_seconds: float) -> str:
+    if metric.kind in shadow_queries.SHADOW_METRICS:
+        return shadow_queries.shadow_query(metric.kind, scope, window_seconds)
     if metric.kind == queries.CUSTOM_METRIC:
         assert metric.query is not None
         return queries.render_custom_query(metric.query, scope)
@@ -22,16 +24,28 @@ def has_relative_bounds(metric: MetricSpec) -> bool:
     return metric.kind in queries.BUILTIN_METRICS and (metric.max_increase is not None or metric.max_ratio is not None)
 
 
-async def _request_gate(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope
-                        ) -> Measurement | None:
-    """None when the scope's track answered at least minRequests inference requests in the
-    window; else the verdict its traffic metrics get (Inconclusive, or Error if unanswerable)."""
+def stage_analysis(analysis: AnalysisSpec, shadow_stage: bool) -> AnalysisSpec:
+    """The metrics that judge this stage: in a shadow stage only the shadow metrics (at weight 0
+    the user-traffic metrics have no requests and would only ever be Inconclusive), after it
+    every other metric (no copies are made any more: the shadow metrics would have no data)."""
+    metrics = tuple(metric for metric in analysis.metrics
+                    if (metric.kind in shadow_queries.SHADOW_METRICS) == shadow_stage)
+    return replace(analysis, metrics=metrics)
+
+
+async def _request_gate(source: MetricSource, analysis: AnalysisSpec, scope: queries.QueryScope,
+                        shadow: bool = False) -> Measurement | None:
+    """None when the scope's track answered at least minRequests inference requests (shadow
+    copies, for the shadow metrics) in the window; else the verdict its traffic metrics get
+    (Inconclusive, or Error if unanswerable)."""
+    count = shadow_queries.shadow_request_count_query if shadow else queries.request_count_query
     try:
-        requests = await source.query_value(queries.request_count_query(scope, analysis.window_seconds))
+        requests = await source.query_value(count(scope, analysis.window_seconds))
     except QueryFailed as error:
         return judge_error("", error)
     if analysis.min_requests > 0 and (requests is None or not requests >= analysis.min_requests):
-        return too_few_requests("", requests, analysis.min_requests, scope.track)
+        return too_few_requests("", requests, analysis.min_requests,
+                                f"{scope.track} shadow" if shadow else scope.track)
     return None
 
 
@@ -49,8 +63,12 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
     its traffic, and compare it with `stable`. At weight 100 (`stable_serves_traffic` False) the
     stable pods get no requests, so traffic metrics are held to their absolute bounds only."""
     gate: Measurement | None = None  # the verdict every traffic metric gets (name set below)
-    if any(metric.kind not in golden.GOLDEN_METRICS + queries.RESOURCE_METRICS for metric in analysis.metrics):
+    untouched = golden.GOLDEN_METRICS + queries.RESOURCE_METRICS + shadow_queries.SHADOW_METRICS
+    if any(metric.kind not in untouched for metric in analysis.metrics):
         gate = await _request_gate(source, analysis, scope)
+    shadow_gate: Measurement | None = None  # the same for the shadow metrics, on shadow copies
+    if any(metric.kind in shadow_queries.SHADOW_METRICS for metric in analysis.metrics):
+        shadow_gate = await _request_gate(source, analysis, scope, shadow=True)
     stable_gate: Measurement | None = None  # why the stable side cannot be compared, if it cannot
     if gate is None and stable_serves_traffic and any(has_relative_bounds(metric) for metric in analysis.metrics):
         if stable is None:
@@ -63,6 +81,14 @@ async def measure(source: MetricSource, analysis: AnalysisSpec, scope: queries.Q
         if metric.kind in golden.GOLDEN_METRICS:
             return await golden.measure_golden(source, metric, scope, stable)
         if metric.kind in queries.RESOURCE_METRICS:  # the pods' resources, not their traffic: no gate
+            try:
+                value = await source.query_value(metric_query(metric, scope, analysis.window_seconds))
+            except QueryFailed as error:
+                return judge_error(metric.name, error)
+            return judge(metric.name, value, metric.max, metric.min)
+        if metric.kind in shadow_queries.SHADOW_METRICS:  # absolute bounds only (the spec allows no others)
+            if shadow_gate is not None:
+                return replace(shadow_gate, name=metric.name)
             try:
                 value = await source.query_value(metric_query(metric, scope, analysis.window_seconds))
             except QueryFailed as error:

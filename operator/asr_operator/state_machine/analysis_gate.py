@@ -12,6 +12,7 @@ from ..spec import RolloutSpec
 from .conditions import condition_of, set_condition
 from .observations import AnalysisRun
 from .phases import CANARY_PHASES, MANUAL_PAUSE, PAUSED, USER_PAUSE
+from .shadow_stage import shadow_stage_active, stage_started_at
 from .tick import Tick
 
 
@@ -21,17 +22,20 @@ def seconds_until_analysis(spec: RolloutSpec, status: Mapping[str, Any], now: da
     The first analysis at a new weight waits a full interval and a full query window after the
     weight was set: measured earlier, its window reaches back to the previous weight (or to no
     traffic at all, every metric Inconclusive, counting toward a pause before the canary had a
-    chance). No analysis runs at weight 0: without traffic there is nothing to judge."""
+    chance). No analysis runs at weight 0 (without traffic there is nothing to judge) except in a
+    shadow stage, where the canary is judged on copies of stable's requests."""
     if spec.analysis is None or not spec.analysis.metrics:
         return None
-    if status.get("phase") not in CANARY_PHASES or int(status.get("canaryWeight") or 0) <= 0:
+    if status.get("phase") not in CANARY_PHASES:
+        return None
+    if int(status.get("canaryWeight") or 0) <= 0 and not shadow_stage_active(status):
         return None
     interval = spec.analysis.interval_seconds
     waits = [0.0]
     since_run = seconds_between((status.get("analysis") or {}).get("lastRun"), now)
     if since_run is not None:
         waits.append(interval - since_run)
-    since_weight = seconds_between(status.get("weightSetAt"), now)
+    since_weight = seconds_between(stage_started_at(status), now)
     if since_weight is not None:
         waits.append(_settle_seconds(spec) - since_weight)
     return max(waits)
@@ -131,7 +135,7 @@ def gate_open(tick: Tick) -> bool:
     last = tick.s.get("analysis") or {}
     if last.get("outcome") != SUCCESSFUL:
         return False
-    ran, weight_set = parse_time(last.get("lastRun")), parse_time(tick.s.get("weightSetAt"))
+    ran, weight_set = parse_time(last.get("lastRun")), parse_time(stage_started_at(tick.s))
     if ran is None:
         return False
     # The analysis must have been taken entirely at the current weight: its window starts after

@@ -9,6 +9,7 @@ from ..spec import ModelRef, PodTemplate, RolloutSpec
 from ..traffic.replica_ratio import split_replicas
 from .decision import Action, EnsureConfigMap, EnsureDeployment, EnsureServices, SetWeight
 from .phases import CANARY_PHASES, PROMOTING
+from .shadow_stage import shadow_percent
 
 
 def desired_replicas(spec: RolloutSpec, status: Mapping[str, Any]) -> tuple[int, int]:
@@ -19,6 +20,10 @@ def desired_replicas(spec: RolloutSpec, status: Mapping[str, Any]) -> tuple[int,
         return total, 0
     weight = int(status.get("canaryWeight") or 0)
     if spec.traffic.provider == "replicaRatio":
+        if shadow_percent(status) is not None:
+            # One canary pod to take the copies; the combined Service selects only stable
+            # pods at weight 0 (children.combined_service), so no user request reaches it.
+            return total, 1
         split = split_replicas(total, weight)
         if status.get("phase") == PROMOTING:
             # The stable pods take all traffic back once they serve the new version: full size.
@@ -74,7 +79,7 @@ def desired_children(spec: RolloutSpec, s: Mapping[str, Any]) -> tuple[Action, .
     return (
         EnsureServices(replica_ratio=spec.traffic.provider == "replicaRatio"),
         SetWeight(weight),
-        EnsureConfigMap("stable", stable),
+        EnsureConfigMap("stable", stable, shadow_percent=shadow_percent(s)),
         EnsureConfigMap("canary", canary),
         EnsureDeployment("stable", stable_replicas, stable.version, stable_template,
                          model_revision=s.get("stablePodRevision")),

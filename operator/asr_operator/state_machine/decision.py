@@ -22,6 +22,7 @@ class SetWeight:
 class EnsureConfigMap:
     track: str
     model: ModelRef
+    shadow_percent: int | None = None  # stable in a shadow stage: copy this % of requests to the canary
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from .analysis_gate import analysis_due, analysis_paused, gate_open, record_anal
 from .children_plan import desired_replicas
 from .conditions import condition_of, set_condition
 from .controls import PAUSE
+from .shadow_stage import run_shadow_step
 from .phases import CANARY_PHASES, FAILED_PHASE, MANUAL_PAUSE, PAUSED, PENDING, PROGRESSING, PROMOTING, ROLLING_BACK, ROLLED_BACK, SUCCEEDED, USER_PAUSE
 from .tick import POLL_SECONDS, Tick
 
@@ -203,6 +204,12 @@ def _run_steps(tick: Tick) -> None:
             return
         step = steps[index]
         weight = int(tick.s.get("canaryWeight") or 0)
+        if step.is_shadow:
+            if not run_shadow_step(tick, index, step, gate_open(tick)):
+                return
+            tick.s["currentStep"] = index + 1
+            tick.stamp("stepStartedAt")
+            continue
         if step.set_weight is not None:
             if weight != step.set_weight:
                 if weight > 0 and not gate_open(tick):

@@ -148,7 +148,7 @@ class Tick:
         self.s.update(canaryModel=model.to_status(), canaryVersion=model.version, canaryWeight=0,
                       canaryTemplate=template.to_status(), canaryChanges=changes,
                       currentStep=0, counters={"failed": 0, "inconclusive": 0, "errors": 0},
-                      analysis={}, failedSpec=None, canaryReloading=reload or None)
+                      analysis={}, failedSpec=None, canaryReloading=reload or None, shadow=None)
         # New canary pods are not ready yet: the progress deadline counts from now.
         for key in ("stepStartedAt", "rolloutStartedAt", "weightSetAt", "canaryUnreadySince"):
             self.stamp(key)
@@ -179,7 +179,7 @@ class Tick:
         self.s["failedSpec"] = self.spec.fingerprint if failed else None
         self.s.update(canaryWeight=0, canaryModel=None, canaryVersion=None, canaryUnreadySince=None,
                       previousStableModel=None, canaryTemplate=None, previousStableTemplate=None,
-                      canaryChanges=None)
+                      canaryChanges=None, shadow=None)
         self.stamp("rolledBackAt")
         self.enter(ROLLING_BACK, f"rolling back {canary.version if canary else ''}: {reason}".strip())
         set_condition(self.s, "Progressing", False, condition_reason, reason, self.now)
@@ -195,6 +195,7 @@ class Tick:
         self.s["previousStableTemplate"] = self.s.get("stableTemplate")
         self.s["stableModel"] = canary.to_status()
         self.s["stableVersion"] = canary.version
+        self.s["shadow"] = None  # a promote annotation may skip a running shadow stage
         template = self.canary_template
         replaced = template is not None and not template.same_as(self.stable_template)
         if template is not None:

@@ -48,13 +48,21 @@ class ReplicaRatioRouter(TrafficRouter):
         self._get = get or api.get  # the reconciler passes its per-tick cache
 
     async def set_weight(self, weight: int, owner: dict[str, Any]) -> None:
-        desired = children.combined_service(self._namespace, self._rollout, owner)
+        desired = children.combined_service(self._namespace, self._rollout, owner, stable_only=weight <= 0)
         live = await self._get(kube.service_path(self._namespace, self._rollout))
         if live is None:
             await self._api.create(kube.service_path(self._namespace), desired)
-        elif not children.contains(live, desired):
+            return
+        selector = desired["spec"]["selector"]
+        live_selector = (live.get("spec") or {}).get("selector") or {}
+        if not children.contains(live, desired) or live_selector != selector:
+            # The selector is compared whole: a merge patch only adds keys, so the track key it
+            # drops when the canary gets a weight is deleted explicitly (null).
+            patch_selector: dict[str, Any] = {key: None for key in live_selector if key not in selector}
+            patch_selector.update(selector)
             await self._api.merge_patch(kube.service_path(self._namespace, self._rollout),
-                                        {"metadata": desired["metadata"], "spec": desired["spec"]})
+                                        {"metadata": desired["metadata"],
+                                         "spec": {**desired["spec"], "selector": patch_selector}})
 
     async def current_weight(self) -> int | None:
         counts = []
@@ -67,6 +75,8 @@ class ReplicaRatioRouter(TrafficRouter):
             else:
                 counts.append(int((live.get("spec") or {}).get("replicas") or 0))
         stable, canary = counts
-        if canary == 0:
-            return 0
+        service = await self._get(kube.service_path(self._namespace, self._rollout))
+        selector = ((service or {}).get("spec") or {}).get("selector") or {}
+        if canary == 0 or selector.get("asr.rollout.dev/track") == "stable":
+            return 0  # no canary pod, or none the Service selects (a shadow stage's canary)
         return round(100 * canary / (canary + stable))
