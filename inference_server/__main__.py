@@ -32,13 +32,15 @@ async def serve(settings: ServerSettings) -> int:
     from inference_server.app import ServerState, build_app
     from inference_server.metrics import ServerMetrics, pod_labels_from_env
     from inference_server.model_slot import ConfigWatcher, ModelSlot
-    from inference_server.scheduler import InferenceScheduler
+    from inference_server.scheduler import BatchPolicy, InferenceScheduler
 
     log = logging.getLogger("inference_server")
     metrics = ServerMetrics(pod_labels_from_env())
     slot = ModelSlot(settings.model_config, settings.models_root, metrics, load_nice=settings.load_nice)
     state = ServerState(settings=settings, metrics=metrics, slot=slot,
-                        scheduler=InferenceScheduler(metrics, settings.max_queue, settings.request_timeout_s))
+                        scheduler=InferenceScheduler(metrics, settings.max_queue, settings.request_timeout_s,
+                                                     batch=BatchPolicy(settings.batch_max_size,
+                                                                       settings.batch_wait_ms / 1000)))
     runner = web.AppRunner(build_app(state), handle_signals=False, shutdown_timeout=settings.drain_timeout_s,
                            access_log=None)
     await runner.setup()
