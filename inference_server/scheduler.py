@@ -138,8 +138,9 @@ class InferenceScheduler:
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._work, name="asr-worker", daemon=True)
-        self._thread.start()
+        # Started with the first job, as a pool's thread would be: a server that never serves
+        # has no worker (tests/server/test_server_threads.py counts the process's threads).
+        self._thread: threading.Thread | None = None
         metrics.queue_depth.labels(**metrics.pod).set_function(lambda: self.waiting)  # read when scraped
 
     @property
@@ -190,6 +191,9 @@ class InferenceScheduler:
             ticket.outstanding += len(jobs)
             self._queue.extend(jobs)
             self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="asr-worker", daemon=True)
+                self._thread.start()
         await finished
 
     def _jobs(self, ticket: _Ticket, count: int, make: Callable[[Callable[[Any, BaseException | None], None], int], _Job]
@@ -354,7 +358,9 @@ class InferenceScheduler:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
 
 def _call(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
