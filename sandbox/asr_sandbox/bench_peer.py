@@ -192,7 +192,7 @@ def same_transcript(sides: list[Side]) -> bool:
 async def compare(*, suffix: str, model_dir: Path, start_ours: Callable[[str, list[str]], Any],
                   tmp: Path, wav: bytes, rounds: int, c1_requests: int, c8_per_client: int,
                   emit: Callable[..., None], encoded_form: Callable[[bytes], Awaitable[tuple[bytes, str]]],
-                  batching_line: bool = False) -> None:
+                  batching_line: bool = True) -> None:
     """Start ours (batching on, and off), the tuned peer and the default peer on `model_dir`,
     alternate them, and emit the peer_* lines (names ending in `suffix`)."""
     tuned_dir = tuned_model_dir(model_dir, tmp / f"peer-tuned{suffix}" / "model", ncpu=2)
