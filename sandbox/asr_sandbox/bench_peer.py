@@ -8,7 +8,9 @@ Both decode the 10 s clip in one piece. Threads: ours runs `ncpu: 2` (its defaul
 here). The peer has no thread flag; FunASR's default is 4 torch threads, which on 2 cores
 oversubscribes them. The "tuned" peer is given `ncpu: 2` the only way its flags allow: a copy of
 the model directory whose config.yaml says `ncpu: 2` (AutoModel merges config.yaml under its own
-kwargs). The default peer runs as installed, for information.
+kwargs). The default peer runs as installed, for information; so does the tuned peer with
+OMP_WAIT_POLICY=PASSIVE in its environment (what our server sets for itself; the peer has no
+flag for it, a user could export it).
 
 All servers run at once and are measured in alternating rounds (the order rotating), so the
 noise of a shared machine hits every side alike; ratios are taken over the pooled rounds.
@@ -38,9 +40,9 @@ class PeerServer:
     """`python -m funasr.bin.server --model-path DIR --device cpu` on 127.0.0.1. The model loads
     before uvicorn binds, so a 200 from /health means it is ready."""
 
-    def __init__(self, model_dir: Path, log_path: Path) -> None:
+    def __init__(self, model_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.process = ManagedProcess(
             [sys.executable, "-m", "funasr.bin.server", "--host", "127.0.0.1", "--port", str(self.port),
              "--device", "cpu", "--model-path", str(model_dir)], log_path, env=env)
@@ -207,36 +209,46 @@ async def compare(*, suffix: str, model_dir: Path, start_ours: Callable[[str, li
         started.append(tuned)
         default = PeerServer(model_dir, tmp / f"peer-default{suffix}.log").start()
         started.append(default)
-        sides = [Side("ours", ours.url), Side("peer_tuned", tuned.url), Side("peer_default", default.url)]
+        # For information: the tuned peer also given, through its environment (no flag of its
+        # own), the OpenMP wait policy our server sets itself (inference_server/__main__.py).
+        passive = PeerServer(tuned_dir, tmp / f"peer-tuned-passive{suffix}.log",
+                             env={"OMP_WAIT_POLICY": "PASSIVE"}).start()
+        started.append(passive)
+        sides = [Side("ours", ours.url), Side("peer_tuned", tuned.url), Side("peer_default", default.url),
+                 Side("peer_tuned_passive", passive.url)]
         if ours_off is not None:
             sides.insert(1, Side("ours_nobatch", ours_off.url))
         body, ctype = await encoded_form(wav)
         await alternate(sides, body, ctype, rounds, c1_requests, c8_per_client,
-                        c8_sides={"ours", "peer_tuned", "peer_default"})
+                        c8_sides={"ours", "peer_tuned", "peer_default", "peer_tuned_passive"})
     finally:
         for server in reversed(started):
             server.stop()
     by = {s.name: s for s in sides}
-    o, t, d = by["ours"], by["peer_tuned"], by["peer_default"]
-    if not same_transcript([o, t, d]):
+    o, t, d, tp = by["ours"], by["peer_tuned"], by["peer_default"], by["peer_tuned_passive"]
+    if not same_transcript([o, t, d, tp]):
         raise RuntimeError(f"the servers disagree on the clip's transcript: ours {o.text!r}, "
                            f"tuned peer {t.text!r}, default peer {d.text!r}")
     failures = {s.name: s.failures for s in sides}
     common = dict(rounds=rounds, clip_s=10.0, same_transcript=True, failures=failures,
                   peer="funasr-server 1.4.16 --model-path DIR --device cpu (no VAD, no punctuation), "
                        "tuned: ncpu 2 in config.yaml; default: FunASR's 4 threads",
-                  ours="no VAD, ncpu 2, batching on (defaults)")
+                  ours="no VAD, ncpu 2, batching on (defaults: 8 inputs, 5 ms), OMP_WAIT_POLICY=PASSIVE (its default)",
+                  peer_tuned_passive="the tuned peer with OMP_WAIT_POLICY=PASSIVE in its environment (information)")
     emit(f"peer_latency_ratio_c1{suffix}", o.p("c1", 50) / t.p("c1", 50), "<= 0.9",
          ours_p50_s=round(o.p("c1", 50), 4), peer_tuned_p50_s=round(t.p("c1", 50), 4),
          peer_default_p50_s=round(d.p("c1", 50), 4),
-         vs_default_peer=round(o.p("c1", 50) / d.p("c1", 50), 4), requests_per_side=len(o.c1), **common)
+         vs_default_peer=round(o.p("c1", 50) / d.p("c1", 50), 4), peer_tuned_passive_p50_s=round(tp.p("c1", 50), 4),
+         vs_peer_tuned_passive=round(o.p("c1", 50) / tp.p("c1", 50), 4), requests_per_side=len(o.c1), **common)
     emit(f"peer_throughput_ratio_c8{suffix}", o.throughput / t.throughput, ">= 1.5",
          ours_rps=round(o.throughput, 3), peer_tuned_rps=round(t.throughput, 3),
          peer_default_rps=round(d.throughput, 3), vs_default_peer=round(o.throughput / d.throughput, 4),
+         peer_tuned_passive_rps=round(tp.throughput, 3), vs_peer_tuned_passive=round(o.throughput / tp.throughput, 4),
          requests_per_side=o.c8_requests, clients=C8, **common)
     emit(f"peer_p99_ratio_c8{suffix}", o.p("c8", 99) / t.p("c8", 99), "< 1",
          ours_p99_s=round(o.p("c8", 99), 4), peer_tuned_p99_s=round(t.p("c8", 99), 4),
          peer_default_p99_s=round(d.p("c8", 99), 4), vs_default_peer=round(o.p("c8", 99) / d.p("c8", 99), 4),
+         peer_tuned_passive_p99_s=round(tp.p("c8", 99), 4), vs_peer_tuned_passive=round(o.p("c8", 99) / tp.p("c8", 99), 4),
          clients=C8, **common)
     if "ours_nobatch" in by:
         off = by["ours_nobatch"]

@@ -303,8 +303,26 @@ async def peer_lines(tmp: Path, models_root: Path, wav: bytes, rounds: int) -> N
         shutil.rmtree(root, ignore_errors=True)
 
 
+def profile_lines(tmp: Path, models_root: Path, samples: np.ndarray) -> None:
+    """profile_* lines (bench_profile.py) on the realistic model: where a request's time goes."""
+    from asr_sandbox import bench_profile
+
+    root, model_dir = build_realistic(tmp, models_root)
+    try:
+        bench_profile.profile(model_dir, samples, emit)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def main_async(assets: Path, runs: int, only: str = "all", peer_rounds: int = 6) -> int:
     build_all(assets)
+    if only == "profile":
+        import soundfile as sf
+
+        samples, _ = sf.read(str(assets / "audio" / "ten_seconds.wav"), dtype="float32")
+        with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp_name:
+            profile_lines(Path(tmp_name), assets / "models", samples)
+        return 0
     if only == "peer":
         wav = (assets / "audio" / "ten_seconds.wav").read_bytes()
         with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp_name:
@@ -363,6 +381,7 @@ async def main_async(assets: Path, runs: int, only: str = "all", peer_rounds: in
             server.stop()
         await realistic_overhead(tmp, models_root, wav, samples, max(runs // 3, 10))
         await peer_lines(tmp, models_root, wav, peer_rounds)
+        profile_lines(tmp, models_root, samples)
     gpu_unload(models_root)
     return 0
 
@@ -397,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Inference server benchmark (JSON lines on stdout)")
     parser.add_argument("--assets", type=Path, default=Path(".assets"))
     parser.add_argument("--runs", type=int, default=150, help="direct/HTTP rounds for the overhead ratio")
-    parser.add_argument("--only", choices=("all", "peer"), default="all",
-                        help="peer: only the side-by-side lines against FunASR's own server (peer_*)")
+    parser.add_argument("--only", choices=("all", "peer", "profile"), default="all",
+                        help="peer: only the side-by-side lines against FunASR's own server (peer_*, "
+                             "batching_c1_p50_ratio); profile: only where generate()'s time goes (profile_*)")
     parser.add_argument("--peer-rounds", type=int, default=6, help="alternating rounds of the peer comparison")
     args = parser.parse_args(argv)
     os.environ.setdefault("ASR_LOG_LEVEL", "WARNING")

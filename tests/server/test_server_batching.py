@@ -301,3 +301,22 @@ async def test_server_batches_concurrent_clients_through_swaps_without_a_failure
         assert m["asr_queue_wait_seconds_count"] >= len(results)
     finally:
         server.stop()
+
+
+def test_the_server_sets_a_passive_openmp_wait_before_torch_loads_unless_told_otherwise() -> None:
+    import subprocess
+    import sys
+
+    from inference_server.__main__ import quiet_openmp_waits
+
+    env: dict[str, str] = {}
+    quiet_openmp_waits(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
+    quiet_openmp_waits(chosen)
+    assert chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+    # libgomp reads the policy once, when torch loads it: the entry module must not import torch.
+    out = subprocess.run([sys.executable, "-c", "import sys, inference_server.__main__; "
+                          "print('torch' in sys.modules or 'funasr' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
