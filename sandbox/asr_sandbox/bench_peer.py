@@ -117,17 +117,33 @@ class Side:
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, content_type: str) -> tuple[int, float, Any]:
+    """(status, seconds, body); status 0 when the connection failed (counted as a failure)."""
     started = time.perf_counter()
-    async with session.post(url + "/v1/audio/transcriptions", data=body,
-                            headers={"Content-Type": content_type}) as r:
-        payload = await r.json(content_type=None) if r.status == 200 else await r.text()
-        return r.status, time.perf_counter() - started, payload
+    try:
+        async with session.post(url + "/v1/audio/transcriptions", data=body,
+                                headers={"Content-Type": content_type}) as r:
+            payload = await r.json(content_type=None) if r.status == 200 else await r.text()
+            return r.status, time.perf_counter() - started, payload
+    except aiohttp.ClientError as exc:
+        return 0, time.perf_counter() - started, repr(exc)
 
 
-async def c1_phase(session: aiohttp.ClientSession, side: Side, body: bytes, ctype: str, requests: int,
-                   gap_s: float = 0.03) -> None:
+def fresh_session() -> aiohttp.ClientSession:
+    """A new connection pool for each side's phase: uvicorn drops keep-alive connections idle for
+    5 s (while the other sides run), and reusing one it has just closed resets the request."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=C8 * 2))
+
+
+async def c1_phase(side: Side, body: bytes, ctype: str, requests: int, gap_s: float = 0.03) -> None:
     """One client, `requests` in a row, `gap_s` apart (torch's OpenMP threads spin for a while
     after a call; the gap keeps one request off the tail of the last)."""
+    async with fresh_session() as session:
+        await post(session, side.url, body, ctype)  # opens the connection; not measured
+        await c1_loop(session, side, body, ctype, requests, gap_s)
+
+
+async def c1_loop(session: aiohttp.ClientSession, side: Side, body: bytes, ctype: str, requests: int,
+                      gap_s: float) -> None:
     for _ in range(requests):
         await asyncio.sleep(gap_s)
         status, seconds, payload = await post(session, side.url, body, ctype)
@@ -138,9 +154,13 @@ async def c1_phase(session: aiohttp.ClientSession, side: Side, body: bytes, ctyp
         check_text(side, payload)
 
 
-async def c8_phase(session: aiohttp.ClientSession, side: Side, body: bytes, ctype: str, per_client: int) -> None:
+async def c8_phase(side: Side, body: bytes, ctype: str, per_client: int) -> None:
     """C8 clients, each `per_client` requests back to back; throughput = requests / wall time."""
+    async with fresh_session() as session:
+        await c8_loop(session, side, body, ctype, per_client)
 
+
+async def c8_loop(session: aiohttp.ClientSession, side: Side, body: bytes, ctype: str, per_client: int) -> None:
     async def client() -> None:
         for _ in range(per_client):
             status, seconds, payload = await post(session, side.url, body, ctype)
@@ -170,20 +190,20 @@ async def alternate(sides: list[Side], body: bytes, ctype: str, rounds: int, c1_
                     c8_per_client: int, c8_sides: set[str]) -> None:
     """`rounds` rounds; in each, every side's c1 phase then every c8 side's c8 phase, the order of
     the sides rotating from round to round."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=C8 * 2)) as session:
+    async with fresh_session() as session:
         for side in sides:  # warm every path (first requests allocate)
             for _ in range(3):
                 status, _, payload = await post(session, side.url, body, ctype)
                 if status != 200:
                     raise RuntimeError(f"{side.name} answered {status} on warm-up: {str(payload)[:300]}")
-        for r in range(rounds):
-            order = sides[r % len(sides):] + sides[:r % len(sides)]
-            for side in order:
-                await c1_phase(session, side, body, ctype, c1_requests)
-            for side in order:
-                if side.name in c8_sides:
-                    await asyncio.sleep(0.2)
-                    await c8_phase(session, side, body, ctype, c8_per_client)
+    for r in range(rounds):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        for side in order:
+            await c1_phase(side, body, ctype, c1_requests)
+        for side in order:
+            if side.name in c8_sides:
+                await asyncio.sleep(0.2)
+                await c8_phase(side, body, ctype, c8_per_client)
 
 
 def same_transcript(sides: list[Side]) -> bool:
