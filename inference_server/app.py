@@ -137,7 +137,7 @@ def _model_headers(model: LoadedModel) -> dict[str, str]:
 
 async def _transcribe(state: ServerState, model: LoadedModel, audio: np.ndarray) -> formats.Transcript:
     started = time.perf_counter()
-    transcript = await state.scheduler.run(model, lambda: pipeline.transcribe(model, audio))
+    transcript = await state.scheduler.transcribe(model, audio)
     state.metrics.observe_audio(model.name, model.version, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
     return transcript
 
@@ -156,12 +156,13 @@ def render(fmt: str, transcript: formats.Transcript, model: LoadedModel) -> web.
 async def transcriptions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.scheduler.admit()  # shed load before reading the upload
-    upload = await read_multipart(request, state.settings.limits.max_bytes)
-    _, data = _require_file(upload)
-    if not upload.fields.get("model", "").strip():
-        raise bad_request("missing required parameter: 'model'", "model")
-    fmt = _response_format(upload)
-    audio = decode_audio(data, state.settings.limits)
+    with state.scheduler.arriving():  # a forming batch may wait for this upload (scheduler.py)
+        upload = await read_multipart(request, state.settings.limits.max_bytes)
+        _, data = _require_file(upload)
+        if not upload.fields.get("model", "").strip():
+            raise bad_request("missing required parameter: 'model'", "model")
+        fmt = _response_format(upload)
+        audio = decode_audio(data, state.settings.limits)
     model = state.lease()
     try:
         request["served_by"] = model

@@ -45,6 +45,13 @@ class ServerMetrics:
                              p + ["model", "version"], registry=r,
                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
         self.queue_depth = Gauge("asr_queue_depth", "Inference jobs waiting for a worker", p, registry=r)
+        # Written by the worker thread (prometheus_client is thread-safe); no model label: a
+        # batch is formed before anything else about it matters, and these are capacity signals.
+        self.batch_size = Histogram("asr_batch_size", "Recognition inputs decoded in one generate() call",
+                                    p, registry=r, buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
+        self.queue_wait = Histogram("asr_queue_wait_seconds", "Seconds a job waited in the queue before "
+                                    "its batch started", p, registry=r,
+                                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
         self.inflight = Gauge("asr_inflight_requests", "HTTP requests being handled", p, registry=r)
         self.model_info = Gauge("asr_model_info", "1 for the serving model version",
                                 p + ["model", "version", "sha256"], registry=r)
@@ -93,6 +100,12 @@ class ServerMetrics:
             return
         self.requests.labels(**self.pod, endpoint=endpoint, code=str(code), model=model, version=version).inc()
         self.duration.labels(**self.pod, endpoint=endpoint, model=model, version=version).observe(seconds)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.labels(**self.pod).observe(size)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self.queue_wait.labels(**self.pod).observe(seconds)
 
     def observe_stream(self, model: str, version: str, result: str, error_code: int | None = None) -> None:
         self.stream_sessions.labels(**self.pod, model=model, version=version, result=result).inc()

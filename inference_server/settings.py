@@ -23,6 +23,8 @@ class ServerSettings:
     watch_interval_s: float = 0.5
     load_nice: int = 10                 # CPU priority of version loads below serving (0: equal)
     admin_token: str | None = None      # POST /admin/reload is off unless a token is set
+    batch_max_size: int = 8             # recognition inputs per generate() (dynamic batching)
+    batch_wait_ms: float = 5.0          # how long a batch waits for arriving requests (0: batching off)
     limits: AudioLimits = field(default_factory=AudioLimits)
     log_level: str = "INFO"
     device: str = "auto"                # auto | cpu | cuda | cuda:N (inference_server.device)
@@ -45,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> ServerSettings:
     p.add_argument("--load-nice", type=int, default=int(env.get("ASR_LOAD_NICE", "10")),
                    help="how far below the serving threads a version load runs (nice 0-19; default 10, "
                         "0: same priority, the fastest swaps under saturating traffic)")
+    p.add_argument("--batch-max-size", type=int, default=int(env.get("ASR_BATCH_MAX_SIZE", "8")),
+                   help="most recognition inputs decoded together in one generate() call (default 8; 1: no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=float(env.get("ASR_BATCH_WAIT_MS", "5")),
+                   help="how long a forming batch waits for requests still being uploaded (default 5 ms; "
+                        "0 turns batching off: every input is decoded alone)")
     p.add_argument("--max-upload-bytes", type=int, default=int(env.get("ASR_MAX_UPLOAD_BYTES", str(25 * 1024 * 1024))))
     p.add_argument("--max-audio-seconds", type=float, default=float(env.get("ASR_MAX_AUDIO_SECONDS", "600")))
     p.add_argument("--log-level", default=env.get("ASR_LOG_LEVEL", "INFO"))
@@ -65,12 +72,17 @@ def parse_args(argv: list[str] | None = None) -> ServerSettings:
         p.error("--memory-limit-bytes / ASR_MEMORY_LIMIT_BYTES must be a positive number of bytes")
     if a.max_queue < 1:
         p.error("--max-queue must be at least 1")
+    if a.batch_max_size < 1:
+        p.error(f"--batch-max-size must be at least 1 (got {a.batch_max_size}); 1 decodes every input alone")
+    if not 0 <= a.batch_wait_ms <= 1000:
+        p.error(f"--batch-wait-ms must be between 0 and 1000 (got {a.batch_wait_ms}); 0 turns batching off")
     if not 0 <= a.load_nice <= 19:
         p.error(f"--load-nice must be between 0 and 19 (got {a.load_nice}); 0 runs loads at serving priority")
     return ServerSettings(
         model_config=a.model_config, models_root=a.models_root, host=a.host, port=a.port,
         max_queue=a.max_queue, request_timeout_s=a.request_timeout, drain_timeout_s=a.drain_timeout,
-        watch_interval_s=a.watch_interval, load_nice=a.load_nice, admin_token=env.get("ASR_ADMIN_TOKEN") or None,
+        watch_interval_s=a.watch_interval, load_nice=a.load_nice,
+        batch_max_size=a.batch_max_size, batch_wait_ms=a.batch_wait_ms, admin_token=env.get("ASR_ADMIN_TOKEN") or None,
         limits=AudioLimits(max_bytes=a.max_upload_bytes, max_seconds=a.max_audio_seconds),
         log_level=a.log_level, device=a.device, memory_limit_bytes=a.memory_limit_bytes,
     )

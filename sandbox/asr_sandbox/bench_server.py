@@ -54,11 +54,14 @@ _ENCODED: dict[bytes, tuple[bytes, str]] = {}
 async def encoded_form(data: bytes) -> tuple[bytes, str]:
     """The multipart body for `data` (as aiohttp's FormData encodes it) and its Content-Type,
     encoded once per clip: the benchmark measures the server, and a load generator sends a
-    prepared body as wrk or hey do (encoding 320 KB anew costs this client ~0.15 ms a request)."""
+    prepared body as wrk or hey do (encoding 320 KB anew costs this client ~0.15 ms a request).
+
+    The `model` field is "custom": the name funasr-server gives a model loaded with
+    --model-path, and a non-empty name is all ours asks for, so both servers get the same body."""
     if data not in _ENCODED:  # a bytes object caches its hash: the lookup does not rehash 320 KB
         f = aiohttp.FormData(default_to_multipart=True)
         f.add_field("file", data, filename="clip.wav", content_type="audio/wav")
-        f.add_field("model", "paraformer-tiny")
+        f.add_field("model", "custom")
         payload = f()
         _ENCODED[data] = (await payload.as_bytes(), payload.content_type)
     return _ENCODED[data]
@@ -204,12 +207,18 @@ def realistic_config() -> dict[str, Any]:
     return cfg
 
 
-async def realistic_overhead(tmp: Path, models_root: Path, wav: bytes, samples: np.ndarray, runs: int) -> None:
-    """server_overhead_ratio again, on the production-sized model built into `tmp` (~200 MB)."""
+def build_realistic(tmp: Path, models_root: Path) -> tuple[Path, Path]:
+    """The production-sized model (~200 MB) built into `tmp`: (models root, version directory)."""
     root = tmp / "realistic-models"
     cmvn = paraformer_cmvn(models_root / "fsmn-vad" / "v1")
     model_dir = build_version_dir(root / "paraformer-tiny" / "realistic",
                                   functools.partial(write_paraformer, seed=3, cmvn=cmvn, cfg=realistic_config()))
+    return root, model_dir
+
+
+async def realistic_overhead(tmp: Path, models_root: Path, wav: bytes, samples: np.ndarray, runs: int) -> None:
+    """server_overhead_ratio again, on the production-sized model built into `tmp` (~200 MB)."""
+    root, model_dir = build_realistic(tmp, models_root)
     cm = ConfigMapDir(tmp / "realistic-configmap")
     cm.swap(model_config("realistic", vad=False))
     try:
@@ -273,8 +282,52 @@ async def swaps(server: ServerProcess, cm: ConfigMapDir, count: int, times: list
         await asyncio.sleep(0.3)
 
 
-async def main_async(assets: Path, runs: int) -> int:
+async def peer_lines(tmp: Path, models_root: Path, wav: bytes, rounds: int) -> None:
+    """peer_* lines (bench_peer.py): the realistic model, then the tiny one (`_tiny`)."""
+    from asr_sandbox import bench_peer
+
+    root, model_dir = build_realistic(tmp, models_root)
+    try:
+        for suffix, root_dir, version, c1, per_client in (("", root, "realistic", 8, 3),
+                                                         ("_tiny", models_root, "v1", 20, 8)):
+            cm = ConfigMapDir(tmp / f"peer-configmap{suffix}")
+            cm.swap(model_config(version, vad=False))
+
+            def start_ours(name: str, args: list[str], cm: ConfigMapDir = cm, root_dir: Path = root_dir) -> ServerProcess:
+                return ServerProcess(cm.path, root_dir, tmp / f"{name}.log", extra_args=args).start()
+
+            await bench_peer.compare(suffix=suffix, model_dir=root_dir / "paraformer-tiny" / version,
+                                     start_ours=start_ours, tmp=tmp, wav=wav, rounds=rounds, c1_requests=c1,
+                                     c8_per_client=per_client, emit=emit, encoded_form=encoded_form)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def profile_lines(tmp: Path, models_root: Path, samples: np.ndarray) -> None:
+    """profile_* lines (bench_profile.py) on the realistic model: where a request's time goes."""
+    from asr_sandbox import bench_profile
+
+    root, model_dir = build_realistic(tmp, models_root)
+    try:
+        bench_profile.profile(model_dir, samples, emit)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def main_async(assets: Path, runs: int, only: str = "all", peer_rounds: int = 6) -> int:
     build_all(assets)
+    if only == "profile":
+        import soundfile as sf
+
+        samples, _ = sf.read(str(assets / "audio" / "ten_seconds.wav"), dtype="float32")
+        with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp_name:
+            profile_lines(Path(tmp_name), assets / "models", samples)
+        return 0
+    if only == "peer":
+        wav = (assets / "audio" / "ten_seconds.wav").read_bytes()
+        with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp_name:
+            await peer_lines(Path(tmp_name), assets / "models", wav, peer_rounds)
+        return 0
     models_root = assets / "models"
     wav = (assets / "audio" / "ten_seconds.wav").read_bytes()
     import soundfile as sf
@@ -327,6 +380,8 @@ async def main_async(assets: Path, runs: int) -> int:
         finally:
             server.stop()
         await realistic_overhead(tmp, models_root, wav, samples, max(runs // 3, 10))
+        await peer_lines(tmp, models_root, wav, peer_rounds)
+        profile_lines(tmp, models_root, samples)
     gpu_unload(models_root)
     return 0
 
@@ -361,12 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Inference server benchmark (JSON lines on stdout)")
     parser.add_argument("--assets", type=Path, default=Path(".assets"))
     parser.add_argument("--runs", type=int, default=150, help="direct/HTTP rounds for the overhead ratio")
+    parser.add_argument("--only", choices=("all", "peer", "profile"), default="all",
+                        help="peer: only the side-by-side lines against FunASR's own server (peer_*, "
+                             "batching_c1_p50_ratio); profile: only where generate()'s time goes (profile_*)")
+    parser.add_argument("--peer-rounds", type=int, default=6, help="alternating rounds of the peer comparison")
     args = parser.parse_args(argv)
     os.environ.setdefault("ASR_LOG_LEVEL", "WARNING")
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    return asyncio.run(main_async(args.assets, args.runs))
+    return asyncio.run(main_async(args.assets, args.runs, args.only, args.peer_rounds))
 
 
 if __name__ == "__main__":
