@@ -35,6 +35,7 @@ def encode(samples: np.ndarray, ext: str, rate: int = 16000) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=muxer) as out:
         stream = out.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
         frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
         frame.rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
