@@ -18,7 +18,7 @@ from inference_server.errors import APIError
 from inference_server.model_loader import LoadedModel
 from inference_server.openai_params import RecognitionOptions
 from inference_server.scheduler import InferenceScheduler
-from inference_server.segments import join_texts
+from inference_server.segments import Span, join_texts
 
 
 def event(payload: dict[str, Any]) -> bytes:
@@ -36,10 +36,23 @@ async def stream_transcription(request: web.Request, scheduler: InferenceSchedul
                                audio: np.ndarray, opts: RecognitionOptions, headers: dict[str, str]
                                ) -> web.StreamResponse:
     # Planned before the response starts: a timeout or overload here is still a plain HTTP error.
-    spans = await scheduler.run(model, lambda: recognition.plan_spans(model, audio, opts))
+    # Without a VAD model the plan is arithmetic, done here rather than queued for the worker.
+    if model.vad is None:
+        spans = recognition.plan_spans(model, audio, opts)
+    else:
+        spans = await scheduler.run(model, lambda: recognition.plan_spans(model, audio, opts))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            **headers})
     await response.prepare(request)
+    try:
+        await _send_pieces(request, response, scheduler, model, audio, opts, spans)
+    except ConnectionResetError:  # the client left mid-stream: nothing more to send it
+        request["stream_error"] = 499
+    return response
+
+
+async def _send_pieces(request: web.Request, response: web.StreamResponse, scheduler: InferenceScheduler,
+                       model: LoadedModel, audio: np.ndarray, opts: RecognitionOptions, spans: list[Span]) -> None:
     texts: list[str] = []
     sent = ""
     for span in spans:
@@ -51,11 +64,10 @@ async def stream_transcription(request: web.Request, scheduler: InferenceSchedul
             request["stream_error"] = exc.status
             await response.write(event({"type": "error", **exc.body()}))
             await response.write_eof()
-            return response
+            return
         texts.append(text)
         delta, sent = next_delta(sent, texts)
         if delta:
             await response.write(event({"type": "transcript.text.delta", "delta": delta}))
     await response.write(event({"type": "transcript.text.done", "text": sent}))
     await response.write_eof()
-    return response

@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 
-from asr_sandbox import ConfigMapDir, ServerProcess
+from asr_sandbox import ConfigMapDir, ServerProcess, model_config
 from tests.server.test_server_api import post
 from tests.support.forms import form
 
@@ -49,6 +49,23 @@ def test_stream_sends_openai_delta_events_then_done(client: openai.OpenAI, clip:
     assert len(deltas) == len(truth["speech_gap"]["speech_ms"]) == len(events) - 1
     assert all(d.type == "transcript.text.delta" and d.delta for d in deltas)
     assert "".join(d.delta for d in deltas) == events[-1].text == plain
+
+
+def test_an_error_after_the_stream_began_reaches_the_client_as_an_error(
+        tmp_path_factory: pytest.TempPathFactory, models_root: Path, server_starter, clip: bytes) -> None:
+    """A server whose request timeout (1 ms) is shorter than any recognition, and no VAD: the
+    stream starts (the plan needs no model), then its first piece times out. The status line is
+    sent by then; the official client raises on the `error` event rather than ending quietly."""
+    server, _ = server_starter(tmp_path_factory.mktemp("stream-timeout"), models_root, model_config("v1", vad=False),
+                               extra_args=["--request-timeout", "0.001"])
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.APIError) as err:
+            list(client.audio.transcriptions.create(model=MODEL, file=("a.wav", clip), stream=True))
+        assert "did not finish" in err.value.message
+        assert err.value.body["code"] == "request_timeout"  # type: ignore[index]
+    finally:
+        server.stop()
 
 
 async def test_stream_response_is_server_sent_events(api_server: tuple[ServerProcess, ConfigMapDir],
