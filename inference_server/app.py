@@ -14,7 +14,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inference_server import formats, pipeline
+from inference_server import formats, openai_params, pipeline, recognition
 from inference_server.audio import SAMPLE_RATE, decode_audio
 from inference_server.errors import APIError, bad_request, not_ready
 from inference_server.metrics import ServerMetrics
@@ -25,6 +25,7 @@ from inference_server.model_slot import ModelSlot, ReloadOutcome
 from inference_server.scheduler import InferenceScheduler
 from inference_server.settings import ServerSettings
 from inference_server.shadow import SHADOW_ENDPOINT, ShadowCopier, ShadowMetrics, shadow_transcribe
+from inference_server.sse import stream_transcription
 from inference_server.uploads import FIELD_LIMIT, Upload, read_multipart
 
 log = logging.getLogger("inference_server.http")
@@ -96,7 +97,7 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
             log.exception("unexpected error on %s", request.path)
             err = APIError(500, "internal server error", type="server_error")
             response = web.json_response(err.body(), status=500)
-        status = response.status
+        status = request.get("stream_error", response.status)  # an SSE stream that ended in an error event
         served_by: LoadedModel | None = request.get("served_by")
         if status >= 400 and served_by is not None:
             # A failure while a version was in use (a 504 timeout, a 500 from generate) names
@@ -123,21 +124,16 @@ def _require_file(upload: Upload) -> tuple[str, bytearray]:
     return upload.files[0]
 
 
-def _response_format(upload: Upload) -> str:
-    fmt = upload.fields.get("response_format", "json").strip() or "json"
-    if fmt not in formats.RESPONSE_FORMATS:
-        raise bad_request(f"response_format {fmt!r} is not supported; use one of "
-                          f"{', '.join(formats.RESPONSE_FORMATS)}", "response_format")
-    return fmt
-
-
 def _model_headers(model: LoadedModel) -> dict[str, str]:
     return {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Sha256": model.digest}
 
 
-async def _transcribe(state: ServerState, model: LoadedModel, audio: np.ndarray) -> formats.Transcript:
+async def _transcribe(state: ServerState, model: LoadedModel, audio: np.ndarray,
+                      job: Callable[[], formats.Transcript] | None = None) -> formats.Transcript:
     started = time.perf_counter()
-    transcript = await state.scheduler.transcribe(model, audio)
+    # The plain path is batched with other requests (scheduler.transcribe); a request with its
+    # own decoding options runs alone through `job`.
+    transcript = await (state.scheduler.transcribe(model, audio) if job is None else state.scheduler.run(model, job))
     state.metrics.observe_audio(model.name, model.version, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
     return transcript
 
@@ -159,17 +155,22 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
     with state.scheduler.arriving():  # a forming batch may wait for this upload (scheduler.py)
         upload = await read_multipart(request, state.settings.limits.max_bytes)
         _, data = _require_file(upload)
-        if not upload.fields.get("model", "").strip():
-            raise bad_request("missing required parameter: 'model'", "model")
-        fmt = _response_format(upload)
+        params = openai_params.parse_format_request(upload.values)  # before decoding: cheap checks first
         audio = decode_audio(data, state.settings.limits)
     model = state.lease()
     try:
+        traits = recognition.traits_of(model)
+        opts = openai_params.recognition_options(params, traits)
         request["served_by"] = model
-        transcript = await _transcribe(state, model, audio)
-        if upload.fields.get("language"):
-            transcript.language = upload.fields["language"]
-        response = render(fmt, transcript, model)
+        if params.stream:
+            return await stream_transcription(request, state.scheduler, model, audio, opts, _model_headers(model))
+        if opts.is_default:  # the plain path stays pipeline.transcribe's (batched)
+            transcript = await _transcribe(state, model, audio)
+        else:
+            transcript = await _transcribe(state, model, audio,
+                                           lambda: recognition.transcribe(model, audio, opts))
+        transcript.language = params.language or traits.fixed_language or transcript.language
+        response = render(params.response_format, transcript, model)
         copier = state.shadow
         if copier is not None and copier.wants_copy():
             # The user's answer is written (and finished) first; the copy only then is queued.
@@ -232,15 +233,33 @@ async def vad(request: web.Request) -> web.StreamResponse:
         model.release()
 
 
+def _model_objects(state: ServerState) -> list[dict[str, Any]]:
+    """OpenAI model objects: the serving name, then each alias (options.aliases) as its own id."""
+    desc = state.slot.describe()
+    current = state.slot.current
+    if not desc["serving"] or current is None:
+        return []
+    s = desc["serving"]
+    base = {"object": "model", "created": int(s["loaded_at"]), "owned_by": "asr-rollout"}
+    names = recognition.traits_of(current).served_names()
+    return [{"id": names[0], **base, **s}] + [{"id": alias, **base, "alias_of": names[0], **s} for alias in names[1:]]
+
+
 async def models(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    desc = state.slot.describe()
-    data = []
-    if desc["serving"]:
-        s = desc["serving"]
-        data.append({"id": s["name"], "object": "model", "created": int(s["loaded_at"]),
-                     "owned_by": "asr-rollout", **s})
-    return web.json_response({"object": "list", "data": data, **desc})
+    return web.json_response({"object": "list", "data": _model_objects(state), **state.slot.describe()})
+
+
+async def model_by_id(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    current = state.slot.current
+    if current is None:
+        raise not_ready("no model version is ready yet; see /v1/models for the load state")
+    wanted = request.match_info["model_id"]
+    for obj in _model_objects(state):
+        if obj["id"] == wanted:
+            return web.json_response(obj, headers=_model_headers(current))
+    raise openai_params.model_not_found(wanted, recognition.traits_of(current))
 
 
 async def golden_transcripts(request: web.Request) -> web.StreamResponse:
@@ -342,6 +361,7 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_post("/v1/vad", vad)
     app.router.add_get("/v1/audio/stream", stream)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model_id}", model_by_id)
     app.router.add_get("/v1/golden", golden_transcripts)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

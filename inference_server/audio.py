@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from inference_server.decode import ACCEPTED_TEXT, decode_with_av
 from inference_server.errors import APIError, bad_request, too_large
 
 SAMPLE_RATE = 16000
@@ -24,14 +25,26 @@ class AudioLimits:
     max_seconds: float = 600.0
 
 
+class NotDecodable(APIError):
+    """libsndfile could not open the upload: the compressed-format decoder's turn (decode.py)."""
+
+
 def decode_audio(data: bytes | bytearray, limits: AudioLimits, param: str = "file") -> np.ndarray:
-    """Decode a WAV/FLAC/OGG (whatever libsndfile reads) upload into 16 kHz mono float32."""
+    """Decode an upload in any format OpenAI accepts (decode.ACCEPTED) into 16 kHz mono float32:
+    16-bit PCM WAV on its own fast path, what libsndfile reads (WAV, FLAC, OGG) next, the rest
+    (mp3, m4a, mp4, webm, mpeg, ...) through PyAV."""
     if not data:
-        raise bad_request("the uploaded file is empty; send a WAV, FLAC or OGG audio file", param)
+        raise bad_request(f"the uploaded file is empty; send an audio file ({ACCEPTED_TEXT})", param)
     if len(data) > limits.max_bytes:
         raise too_large(f"the uploaded file is {len(data)} bytes; the limit is {limits.max_bytes}", param)
     decoded = read_pcm16_wav(data, limits, param)
-    samples, rate = decoded if decoded is not None else read_with_libsndfile(data, limits, param)
+    if decoded is None:
+        try:
+            decoded = read_with_libsndfile(data, limits, param)
+        except NotDecodable:
+            decoded = (decode_with_av(data, limits.max_seconds, param), SAMPLE_RATE)
+            check_stream(SAMPLE_RATE, len(decoded[0]), limits, param)
+    samples, rate = decoded
     if samples.shape[0] == 0:
         raise bad_request("the uploaded audio holds no samples (empty or truncated file)", param, "invalid_audio")
     mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim > 1 else samples
@@ -75,9 +88,8 @@ def read_with_libsndfile(data: bytes | bytearray, limits: AudioLimits, param: st
     try:
         sound = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:  # libsndfile raises several types for junk input
-        raise bad_request(
-            f"the uploaded file is not audio this server can decode ({_short(exc)}); "
-            "send WAV, FLAC or OGG", param, "invalid_audio") from None
+        raise NotDecodable(400, f"the uploaded file is not audio this server can decode ({_short(exc)}); "
+                           f"send one of: {ACCEPTED_TEXT}", param=param, code="invalid_audio") from None
     with sound:
         check_stream(sound.samplerate, sound.frames, limits, param)
         # 16-bit PCM is read as int16 and scaled in one numpy pass (decode_audio): libsndfile's

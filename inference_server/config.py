@@ -12,6 +12,7 @@ import yaml
 from inference_server.device import check_device_name
 from inference_server.golden import GoldenSetError
 from inference_server.golden import check_options as check_golden_options
+from inference_server.openai_params import check_options as check_openai_options
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -25,6 +26,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "ncpu": 2,                        # torch threads (process-wide, set by FunASR)
     "golden_cer_max": None,           # golden-set CER ceiling: a version over it never turns ready
     "golden_interval_s": 0,           # re-run the serving version's golden set every N s (0: at load only)
+    "aliases": [],                    # other names the OpenAI API answers to (inference_server.openai_params)
+    "language": None,                 # the language a single-language model transcribes (request `language`)
 }
 
 
@@ -107,6 +110,9 @@ def parse_model_config(text: str, source: str = "model config") -> ModelConfig:
         problem = check_device_name(str(device))
         if problem is not None:
             raise ConfigError(f"{source}: options.{problem}")
+    problem = check_openai_options(options, source)
+    if problem is not None:
+        raise ConfigError(problem)
     try:
         check_golden_options(options, source)
     except GoldenSetError as exc:

@@ -15,12 +15,20 @@ class Segment:
     text: str
 
 
+@dataclass(frozen=True)
+class Word:
+    start_ms: int
+    end_ms: int
+    word: str
+
+
 @dataclass
 class Transcript:
     text: str
     duration_s: float
     segments: list[Segment] = field(default_factory=list)
     language: str = "zh"
+    words: list[Word] | None = None  # timestamp_granularities[]=word only
 
 
 def as_json(t: Transcript) -> dict[str, Any]:
@@ -28,6 +36,13 @@ def as_json(t: Transcript) -> dict[str, Any]:
 
 
 def as_verbose_json(t: Transcript, model: str, version: str) -> dict[str, Any]:
+    body = _verbose(t, model, version)
+    if t.words is not None:
+        body["words"] = [{"word": w.word, "start": w.start_ms / 1000, "end": w.end_ms / 1000} for w in t.words]
+    return body
+
+
+def _verbose(t: Transcript, model: str, version: str) -> dict[str, Any]:
     return {
         "task": "transcribe",
         "language": t.language,

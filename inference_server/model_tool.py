@@ -1,4 +1,5 @@
-"""`asr-model`: write and check the checksum manifest of a model version directory."""
+"""`asr-model`: pull a model version from ModelScope, write and check its checksum manifest,
+ship a golden set with it."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from inference_server import golden_tool
+from inference_server import golden_tool, model_pull
 from inference_server.manifest import MANIFEST_NAME, IntegrityError, verify_dir, write_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="asr-model", description="Checksum manifests of model version directories."
+        prog="asr-model", description="Model version directories: pull from ModelScope, checksum manifests, "
+                                      "golden sets."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_manifest = sub.add_parser("manifest", help=f"write DIR/{MANIFEST_NAME}; print the version digest")
@@ -21,9 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     p_verify.add_argument("dir", type=Path)
     p_verify.add_argument("--sha256", help="also require this version digest (sha256 of the manifest)")
     golden_tool.add_parser(sub)
+    model_pull.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "golden":
         return golden_tool.run(args)
+    if args.command == "pull":
+        return model_pull.run(args)
 
     try:
         if args.command == "manifest":

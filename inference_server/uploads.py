@@ -24,7 +24,9 @@ MAX_FIELDS = 32           # non-file form fields per request
 @dataclass
 class Upload:
     files: list[tuple[str, bytearray]] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)   # the last value of each field
+    # Every value, in order: array parameters repeat a field (`timestamp_granularities[]`).
+    values: dict[str, list[str]] = field(default_factory=dict)
 
 
 def body_limit(max_bytes: int, max_files: int) -> int:
@@ -95,7 +97,7 @@ class FormCollector:
         if self._is_file():
             if len(self.upload.files) >= self.max_files:
                 raise bad_request(f"at most {self.max_files} file(s) per request", "file")
-        elif len(self.upload.fields) >= MAX_FIELDS:
+        elif sum(map(len, self.upload.values.values())) >= MAX_FIELDS:
             raise bad_request(f"at most {MAX_FIELDS} form fields besides the files per request", self._name)
 
     def _is_file(self) -> bool:
@@ -116,7 +118,9 @@ class FormCollector:
         if self._is_file():
             self.upload.files.append((self._filename or f"file{len(self.upload.files)}", value))
         else:
-            self.upload.fields[self._name] = value.decode("utf-8", errors="replace")
+            text = value.decode("utf-8", errors="replace")
+            self.upload.fields[self._name] = text
+            self.upload.values.setdefault(self._name, []).append(text)
 
     def _end(self) -> None:
         self.finished = True

@@ -18,7 +18,7 @@ from asr_sandbox.crd_schema import (
 )
 from asr_sandbox.paths import EXAMPLES_DIR
 
-EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+EXAMPLES = sorted(EXAMPLES_DIR.glob("rollout-*.yaml"))  # model-pull-job.yaml is a PVC + Job
 
 
 def load_example(path: Path) -> dict[str, Any]:

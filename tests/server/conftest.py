@@ -59,10 +59,11 @@ def server_starter():
 def api_server(tmp_path_factory: pytest.TempPathFactory, models_root: Path
                ) -> Iterator[tuple[ServerProcess, ConfigMapDir]]:
     """One server for the API tests: v1 with FSMN-VAD, rollout labels from the environment,
-    small upload/duration limits so the 413 paths are cheap to reach, admin reload enabled."""
+    small upload/duration limits so the 413 paths are cheap to reach, admin reload enabled; the
+    model declares its language (zh) and answers to the alias whisper-1 as well."""
     tmp = tmp_path_factory.mktemp("api")
     server, cm = start_server(
-        tmp, models_root, model_config("v1", options={"max_segment_ms": 4000}),
+        tmp, models_root, model_config("v1", options={"max_segment_ms": 4000, "language": "zh", "aliases": ["whisper-1"]}),
         extra_args=["--max-upload-bytes", str(4 * 1024 * 1024), "--max-audio-seconds", "45"],
         env={"ASR_NAMESPACE": "speech", "ASR_ROLLOUT": "meeting-zh", "ASR_TRACK": "canary",
              "POD_NAME": "meeting-zh-canary-0", "ASR_ADMIN_TOKEN": "s3cret"},

@@ -68,19 +68,19 @@ async def test_transcription_formats(server: ServerProcess, audio, truth) -> Non
     assert len(headers["X-Model-Sha256"]) == 64
 
     status, verbose, _ = await post(server, "/v1/audio/transcriptions",
-                                    form(clip, model="m", response_format="verbose_json", language="zh"))
+                                    form(clip, model="paraformer-tiny", response_format="verbose_json", language="zh"))
     assert status == 200 and verbose["model_version"] == "v1" and verbose["language"] == "zh"
     assert verbose["duration"] == pytest.approx(truth["speech_gap"]["duration_ms"] / 1000, abs=0.01)
     assert verbose["text"] == body["text"]  # same model, same audio: deterministic
     assert_spans_match([(round(s["start"] * 1000), round(s["end"] * 1000)) for s in verbose["segments"]],
                        truth["speech_gap"]["speech_ms"])
 
-    status, text, headers = await post(server, "/v1/audio/transcriptions", form(clip, model="m", response_format="text"))
+    status, text, headers = await post(server, "/v1/audio/transcriptions", form(clip, model="paraformer-tiny", response_format="text"))
     assert status == 200 and text == body["text"] + "\n" and headers["Content-Type"].startswith("text/plain")
 
-    status, srt, _ = await post(server, "/v1/audio/transcriptions", form(clip, model="m", response_format="srt"))
+    status, srt, _ = await post(server, "/v1/audio/transcriptions", form(clip, model="paraformer-tiny", response_format="srt"))
     assert status == 200 and srt.startswith("1\n00:00:00,") and "\n\n2\n00:00:0" in srt
-    status, vtt, _ = await post(server, "/v1/audio/transcriptions", form(clip, model="m", response_format="vtt"))
+    status, vtt, _ = await post(server, "/v1/audio/transcriptions", form(clip, model="paraformer-tiny", response_format="vtt"))
     assert status == 200 and vtt.startswith("WEBVTT\n\n00:00:00.")
     assert vtt.count(" --> ") == srt.count(" --> ") == len(truth["speech_gap"]["speech_ms"])
 
@@ -89,7 +89,7 @@ async def test_long_audio_is_split_by_vad_with_timestamps_restored(server: Serve
     """The server's config sets max_segment_ms 4000: every piece is at most 4 s, pieces tile the
     VAD segments, and each lies at its place in the 40 s clip (not at 0)."""
     status, body, _ = await post(server, "/v1/audio/transcriptions",
-                                 form(audio("long_40s.wav"), model="m", response_format="verbose_json"))
+                                 form(audio("long_40s.wav"), model="paraformer-tiny", response_format="verbose_json"))
     assert status == 200
     segments = [(round(s["start"] * 1000), round(s["end"] * 1000)) for s in body["segments"]]
     spans = truth["long_40s"]["speech_ms"]
@@ -123,7 +123,7 @@ def test_official_openai_client_works_unchanged(server: ServerProcess, assets: P
         client.audio.transcriptions.create(model="paraformer-tiny", file=("x.wav", b"not audio at all"))
     assert "not audio" in err.value.message
     models = client.models.list()
-    assert [m.id for m in models.data] == ["paraformer-tiny"]
+    assert [m.id for m in models.data] == ["paraformer-tiny", "whisper-1"]
 
 
 async def test_models_health_and_ready(server: ServerProcess) -> None:
@@ -144,7 +144,7 @@ def _samples(metrics_text: str) -> dict[str, list[tuple[dict[str, str], float]]]
 
 
 async def test_metrics_names_and_rollout_labels(server: ServerProcess, audio) -> None:
-    status, _, _ = await post(server, "/v1/audio/transcriptions", form(audio("short.wav"), model="m"))
+    status, _, _ = await post(server, "/v1/audio/transcriptions", form(audio("short.wav"), model="paraformer-tiny"))
     assert status == 200
     async with aiohttp.ClientSession() as s:
         async with s.get(server.url + "/metrics") as r:
@@ -266,25 +266,25 @@ async def test_fuzz_malformed_uploads_get_4xx_in_openai_shape_then_good_requests
     rng = np.random.default_rng(42)
     good = audio("short.wav")
     cases: list[tuple[str, Any, dict[str, Any]]] = [
-        ("empty file", form(b"", model="m"), {}),
-        ("random bytes", form(rng.bytes(5000), model="m"), {}),
-        ("header only", form(good[:44], model="m"), {}),
-        ("truncated header", form(good[:20], model="m"), {}),
-        ("missing file", form(None, model="m"), {}),
+        ("empty file", form(b"", model="paraformer-tiny"), {}),
+        ("random bytes", form(rng.bytes(5000), model="paraformer-tiny"), {}),
+        ("header only", form(good[:44], model="paraformer-tiny"), {}),
+        ("truncated header", form(good[:20], model="paraformer-tiny"), {}),
+        ("missing file", form(None, model="paraformer-tiny"), {}),
         ("missing model", form(good), {}),
-        ("bad response_format", form(good, model="m", response_format="xml"), {}),
+        ("bad response_format", form(good, model="paraformer-tiny", response_format="xml"), {}),
         ("json body", json.dumps({"file": "x"}), {"headers": {"Content-Type": "application/json"}}),
         ("text body", "hello", {"headers": {"Content-Type": "text/plain"}}),
         ("broken multipart", b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
          {"headers": {"Content-Type": "multipart/form-data; boundary=other"}}),
-        ("4 kHz audio", form(_wav(np.zeros(4000, np.float32), 4000), model="m"), {}),
-        ("too long (50 s > 45 s)", form(_wav(np.zeros(16000 * 50, np.float32), 16000), model="m"), {}),
-        ("too large (5 MB > 4 MB)", form(rng.bytes(5 * 1024 * 1024), model="m"), {}),
-        ("NaN samples", form(_wav(np.full(16000, np.nan, np.float32), 16000, "FLOAT"), model="m"), {}),
+        ("4 kHz audio", form(_wav(np.zeros(4000, np.float32), 4000), model="paraformer-tiny"), {}),
+        ("too long (50 s > 45 s)", form(_wav(np.zeros(16000 * 50, np.float32), 16000), model="paraformer-tiny"), {}),
+        ("too large (5 MB > 4 MB)", form(rng.bytes(5 * 1024 * 1024), model="paraformer-tiny"), {}),
+        ("NaN samples", form(_wav(np.full(16000, np.nan, np.float32), 16000, "FLOAT"), model="paraformer-tiny"), {}),
     ]
     # plus random mutations of a real WAV: flipped bytes in the header and cut at random points
     for i, data in enumerate(mangled_wavs(good, rng, 12)):
-        cases.append((f"mutated wav {i}", form(data, model="m"), {}))
+        cases.append((f"mutated wav {i}", form(data, model="paraformer-tiny"), {}))
 
     for name, data, kw in cases:
         status, body, _ = await post(server, "/v1/audio/transcriptions", data, **kw)
@@ -299,7 +299,7 @@ async def test_fuzz_malformed_uploads_get_4xx_in_openai_shape_then_good_requests
     assert statuses["json body"] == 415 and statuses["missing file"] == 400
 
     # the server goes on serving
-    results = await asyncio.gather(*[post(server, "/v1/audio/transcriptions", form(good, model="m"))
+    results = await asyncio.gather(*[post(server, "/v1/audio/transcriptions", form(good, model="paraformer-tiny"))
                                      for _ in range(4)])
     assert all(status == 200 and body["text"] for status, body, _ in results)
     status, _ = server.get_json("/readyz")

@@ -64,7 +64,7 @@ async def test_concurrent_clients_during_repeated_reloads_every_request_200_on_o
     async def client(session: aiohttp.ClientSession) -> None:
         while not stop.is_set():
             async with session.post(server.url + "/v1/audio/transcriptions",
-                                    data=form(clip, model="m", response_format="verbose_json")) as r:
+                                    data=form(clip, model="paraformer-tiny", response_format="verbose_json")) as r:
                 body = await r.json()
                 results.append((r.status, r.headers.get("X-Model-Version"), body.get("model_version")))
 
@@ -129,7 +129,7 @@ async def test_corrupted_escaping_or_mismatched_versions_are_refused_while_the_o
                 assert body["versions"][version] == "FAILED"
             assert f"reload of version {version} failed ({reason})" in server.log_path.read_text()
             assert server.get_json("/readyz")[0] == 200
-            async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="m")) as r:
+            async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="paraformer-tiny")) as r:
                 assert r.status == 200 and r.headers["X-Model-Version"] == "v1"
 
         # the right digest is accepted; v2-same has v1's bytes under another version name
@@ -140,7 +140,7 @@ async def test_corrupted_escaping_or_mismatched_versions_are_refused_while_the_o
         _, body = server.get_json("/v1/models")
         v1_digest = __import__("hashlib").sha256((models_root / "paraformer-tiny/v1/MANIFEST.sha256").read_bytes()).hexdigest()
         assert body["serving"]["sha256"] == v1_digest
-        async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="m")) as r:
+        async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="paraformer-tiny")) as r:
             assert r.status == 200 and r.headers["X-Model-Version"] == "v2-same"
 
 
@@ -174,7 +174,7 @@ async def test_full_queue_answers_503_with_retry_after_then_sigterm_drains(small
     clip = audio("long_40s.wav")  # ~0.5 s of work each: a burst of 8 overfills a queue of 1
     async with aiohttp.ClientSession() as session:
         async def one() -> tuple[int, str | None]:
-            async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="m")) as r:
+            async with session.post(server.url + "/v1/audio/transcriptions", data=form(clip, model="paraformer-tiny")) as r:
                 await r.read()
                 return r.status, r.headers.get("Retry-After")
 
