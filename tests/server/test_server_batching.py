@@ -269,7 +269,7 @@ async def test_server_batches_concurrent_clients_through_swaps_without_a_failure
     async def post(session: aiohttp.ClientSession) -> tuple[int, str | None, str | None]:
         form = aiohttp.FormData(default_to_multipart=True)
         form.add_field("file", clip, filename="clip.wav", content_type="audio/wav")
-        form.add_field("model", "m")
+        form.add_field("model", "paraformer-tiny")
         async with session.post(server.url + "/v1/audio/transcriptions", data=form) as r:
             body = await r.json()
             return r.status, r.headers.get("X-Model-Version"), body.get("text")

@@ -109,7 +109,7 @@ def test_hot_reload_without_headroom_is_refused_with_the_numbers_while_v1_serves
     # v1 still answers, and nothing was loaded: the log never shows a v2 load starting
     request = urllib.request.Request(server.url + "/v1/audio/transcriptions", method="POST")
     boundary = "xyz"
-    request.data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n"
+    request.data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nparaformer-tiny\r\n"
                     f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
                     "Content-Type: audio/wav\r\n\r\n").encode() + audio("short.wav") + f"\r\n--{boundary}--\r\n".encode()
     request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
