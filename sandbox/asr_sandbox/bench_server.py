@@ -67,6 +67,12 @@ async def encoded_form(data: bytes) -> tuple[bytes, str]:
     return _ENCODED[data]
 
 
+def bench_config(version: str) -> dict[str, Any]:
+    """Our server's model config in the benchmark: no VAD (the peer loads none), and "custom",
+    the name funasr-server gives a --model-path model, as an alias: one request body for both."""
+    return model_config(version, vad=False, options={"aliases": ["custom"]})
+
+
 async def timed_post(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, float, str | None]:
     body, content_type = await encoded_form(data)
     started = time.perf_counter()
@@ -220,7 +226,7 @@ async def realistic_overhead(tmp: Path, models_root: Path, wav: bytes, samples: 
     """server_overhead_ratio again, on the production-sized model built into `tmp` (~200 MB)."""
     root, model_dir = build_realistic(tmp, models_root)
     cm = ConfigMapDir(tmp / "realistic-configmap")
-    cm.swap(model_config("realistic", vad=False))
+    cm.swap(bench_config("realistic"))
     try:
         await overhead(lambda i: ServerProcess(cm.path, root, tmp / f"realistic-server{i}.log").start(), 2,
                        model_dir, wav, samples, runs, name="server_overhead_ratio_realistic_model")
@@ -276,7 +282,7 @@ async def swaps(server: ServerProcess, cm: ConfigMapDir, count: int, times: list
     for i in range(start_index, start_index + count):
         version = "v2" if i % 2 == 0 else "v1"
         started = time.perf_counter()
-        cm.swap(model_config(version, vad=False))
+        cm.swap(bench_config(version))
         await asyncio.to_thread(server.wait_serving, version)
         times.append(time.perf_counter() - started)
         await asyncio.sleep(0.3)
@@ -291,7 +297,7 @@ async def peer_lines(tmp: Path, models_root: Path, wav: bytes, rounds: int) -> N
         for suffix, root_dir, version, c1, per_client in (("", root, "realistic", 8, 3),
                                                          ("_tiny", models_root, "v1", 20, 8)):
             cm = ConfigMapDir(tmp / f"peer-configmap{suffix}")
-            cm.swap(model_config(version, vad=False))
+            cm.swap(bench_config(version))
 
             def start_ours(name: str, args: list[str], cm: ConfigMapDir = cm, root_dir: Path = root_dir) -> ServerProcess:
                 return ServerProcess(cm.path, root_dir, tmp / f"{name}.log", extra_args=args).start()
@@ -339,7 +345,7 @@ async def main_async(assets: Path, runs: int, only: str = "all", peer_rounds: in
         tmp = Path(tmp_name)
         cm = ConfigMapDir(tmp / "configmap")
         # ASR only: the direct baseline is one generate() on the clip; the server does the same work.
-        cm.swap(model_config("v1", vad=False))
+        cm.swap(bench_config("v1"))
         restart_s: list[float] = []
 
         def fresh_server(index: int) -> ServerProcess:
