@@ -54,6 +54,10 @@ def format_status(rollout: Mapping[str, Any]) -> str:
     weight_text = "-" if weight is None else f"{weight}%"
     if status.get("weightApproximate"):
         weight_text += f" (approximate by replicas: {status.get('effectiveCanaryWeight')}%)"
+    elif status.get("effectiveCanaryWeight") not in (None, weight):
+        weight_text += f" (routed now: {status.get('effectiveCanaryWeight')}%, as stable's pods turn ready)"
+    if status.get("pendingWeight") is not None:
+        weight_text += f", {status['pendingWeight']}% once the canary pods for it are ready"
     step = status.get("currentStep")
     lines = [f"{meta.get('namespace')}/{meta.get('name')}"]
     lines += _table([

@@ -28,7 +28,7 @@ from .metrics import OperatorMetrics
 from .spec import InvalidSpec, RolloutSpec, parse_spec
 from .state_machine import (
     ANNOTATION_PREFIX, AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment,
-    EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
+    EnsureDisruptionBudgets, EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
 )
 from .traffic.gateway_api import GatewayApiRouter
 from .traffic.replica_ratio import ReplicaRatioRouter
@@ -249,6 +249,11 @@ class Reconciler:
                 await self._ensure(kube.deployment_path(namespace), children.deployment_name(name, action.track),
                                    children.deployment(namespace, name, action.track, action.replicas,
                                                        action.version, action.template, owner), cache)
+            elif isinstance(action, EnsureDisruptionBudgets):
+                for track in children.TRACKS:
+                    await self._ensure(kube.pdb_path(namespace), children.deployment_name(name, track),
+                                       children.disruption_budget(namespace, name, track, action.max_unavailable,
+                                                                  owner), cache)
 
     async def _ensure(self, collection: str, name: str, desired: dict[str, Any],
                       cache: dict[str, dict[str, Any] | None]) -> None:
@@ -262,8 +267,8 @@ class Reconciler:
                 if error.status != 409:
                     raise
                 cache[path] = await self.api.merge_patch(path, desired)
-        elif not children.contains(live, desired):
-            cache[path] = await self.api.merge_patch(path, desired)
+        elif (patch := children.patch_for(live, desired)) is not None:
+            cache[path] = await self.api.merge_patch(path, patch)
 
     async def _event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         try:

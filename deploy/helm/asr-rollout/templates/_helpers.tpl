@@ -67,6 +67,10 @@ Peering rules are added by rbac.yaml for the mode in use.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch"]
+# A PodDisruptionBudget per track, owned by the rollout.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch"]
 # Gateway API router: only the backendRef weights of the HTTPRoute named in the spec.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
