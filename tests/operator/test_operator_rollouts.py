@@ -167,7 +167,8 @@ def test_happy_path_promotes_by_hot_reload_without_restarting_stable(scenario: S
     assert {k: stable_config.get(k) for k in ("name", "version", "path")} == model("v2")
     promoted = [h for h in final.get("history") or [] if h.get("outcome") == "Promoted"]
     assert [h["version"] for h in promoted][-1] == "v2"
-    assert replicas_of(s.kube, ns, name, "canary") == 0
+    # status is written before the children (crash safety): the canary's scale-down follows it
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
     assert final.get("canaryWeight", 0) == 0
     assert final["observedGeneration"] == s.kube.rollout(ns, name)["metadata"]["generation"]
     assert s.pods.serving(ns, name).get("stable") == "v2"
