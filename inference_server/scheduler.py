@@ -26,8 +26,8 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -119,6 +119,13 @@ class _Job:
         self.enqueued = time.perf_counter()
         self.started = False
         self.cancelled = False
+
+
+@dataclass
+class _Request:
+    """The jobs one request has in flight (cancelled together when it times out)."""
+    ticket: _Ticket
+    jobs: list[_Job] = field(default_factory=list)
 
 
 class InferenceScheduler:
@@ -238,56 +245,53 @@ class InferenceScheduler:
         return APIError(504, f"inference did not finish within {limit:.0f} s", type="timeout",
                         code="request_timeout")
 
-    async def run(self, model: LoadedModel, fn: Callable[[], T], timeout_s: float | None = None) -> T:
-        """Run `fn` alone on the worker thread; the caller must hold a lease on `model`.
-
-        The request's ticket keeps a second lease until the job is over, even if the request
-        gave up waiting (timeout), so the model outlives its last job."""
-        ticket = self._open(model)
-        loop = asyncio.get_running_loop()
-        jobs, results, finished = self._jobs(ticket, 1, lambda done, _: _Job(ticket, loop, done, fn=fn))
+    @contextlib.asynccontextmanager
+    async def _request(self, model: LoadedModel, timeout_s: float | None) -> AsyncIterator[_Request]:
+        """One request's jobs: its ticket (a second lease on `model` until the last job is over,
+        even if the request gave up waiting), its time limit, and on timeout the jobs not started
+        taken out of the queue and a 504."""
+        request = _Request(self._open(model))
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(limit):
-                await self._submit(ticket, jobs, results, finished)
-            return results[0]
+                yield request
         except TimeoutError:
-            self._cancel_queued(jobs)
+            self._cancel_queued(request.jobs)
             raise self._timeout_error(limit) from None
         finally:
-            ticket.closed = True
-            ticket.settle()
+            request.ticket.closed = True
+            request.ticket.settle()
+
+    async def run(self, model: LoadedModel, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+        """Run `fn` alone on the worker thread; the caller must hold a lease on `model`."""
+        loop = asyncio.get_running_loop()
+        async with self._request(model, timeout_s) as request:
+            ticket = request.ticket
+            request.jobs, results, finished = self._jobs(ticket, 1, lambda done, _: _Job(ticket, loop, done, fn=fn))
+            await self._submit(ticket, request.jobs, results, finished)
+        return results[0]
 
     async def transcribe(self, model: LoadedModel, audio: np.ndarray, options: tuple[tuple[str, Any], ...] = (),
                          timeout_s: float | None = None) -> Transcript:
         """VAD (a call, when the version has a VAD model), then recognition of the clip's pieces
         as batchable inputs; the transcript is assembled here with each piece's own offsets."""
-        ticket = self._open(model)
         loop = asyncio.get_running_loop()
-        limit = self.timeout_s if timeout_s is None else timeout_s
-        jobs: list[_Job] = []
-        try:
-            async with asyncio.timeout(limit):
-                if model.vad is not None:
-                    jobs, results, finished = self._jobs(
-                        ticket, 1, lambda done, _: _Job(ticket, loop, done, fn=lambda: pipeline.plan_spans(model, audio)))
-                    # Not counted as arriving: a batch forming while this waits in the queue
-                    # behind it would wait for pieces that cannot come before it has run.
-                    await self._submit(ticket, jobs, results, finished)
-                    spans = results[0]
-                else:
-                    spans = pipeline.plan_spans(model, audio)  # no model call: the clip in windows
-                pieces = pipeline.cut(audio, spans)
-                jobs, texts, finished = self._jobs(
-                    ticket, len(pieces), lambda done, i: _Job(ticket, loop, done, audio=pieces[i], options=options))
-                await self._submit(ticket, jobs, texts, finished)
-            return pipeline.assemble(audio, spans, texts)
-        except TimeoutError:
-            self._cancel_queued(jobs)
-            raise self._timeout_error(limit) from None
-        finally:
-            ticket.closed = True
-            ticket.settle()
+        async with self._request(model, timeout_s) as request:
+            ticket = request.ticket
+            if model.vad is not None:
+                request.jobs, results, finished = self._jobs(
+                    ticket, 1, lambda done, _: _Job(ticket, loop, done, fn=lambda: pipeline.plan_spans(model, audio)))
+                # Not counted as arriving: a batch forming while this waits in the queue
+                # behind it would wait for pieces that cannot come before it has run.
+                await self._submit(ticket, request.jobs, results, finished)
+                spans = results[0]
+            else:
+                spans = pipeline.plan_spans(model, audio)  # no model call: the clip in windows
+            pieces = pipeline.cut(audio, spans)
+            request.jobs, texts, finished = self._jobs(
+                ticket, len(pieces), lambda done, i: _Job(ticket, loop, done, audio=pieces[i], options=options))
+            await self._submit(ticket, request.jobs, texts, finished)
+        return pipeline.assemble(audio, spans, texts)
 
     # --- the worker thread ------------------------------------------------------------------
 

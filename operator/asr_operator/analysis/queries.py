@@ -87,30 +87,40 @@ def request_count_query(scope: QueryScope, window_seconds: float) -> str:
     return f"sum(increase(asr_requests_total{_selector(scope, _INFERENCE)}[{window_text(window_seconds)}]))"
 
 
-def error_rate_query(scope: QueryScope, window_seconds: float) -> str:
-    # `or vector(0)`: with no 5xx at all the numerator has no series; that is a 0 % error rate,
-    # while no requests at all (empty denominator) stays empty -> Inconclusive.
+def error_share_query(counter: str, scope: QueryScope, window_seconds: float, errors: str, counted: str) -> str:
+    """Share of `counter`'s increments matching `errors` among those matching `counted`.
+    `or vector(0)`: with no error at all the numerator has no series; that is a 0 % error rate,
+    while no requests at all (empty denominator) stays empty -> Inconclusive."""
     window = window_text(window_seconds)
-    errors = f"sum(rate(asr_requests_total{_selector(scope, _INFERENCE + _SERVER_ERRORS)}[{window}]))"
-    total = f"sum(rate(asr_requests_total{_selector(scope, _INFERENCE)}[{window}]))"
-    return f"({errors} or vector(0)) / {total}"
+    failed = f"sum(rate({counter}{_selector(scope, errors)}[{window}]))"
+    total = f"sum(rate({counter}{_selector(scope, counted)}[{window}]))"
+    return f"({failed} or vector(0)) / {total}"
+
+
+def p99_query(histogram: str, scope: QueryScope, window_seconds: float, extra: str = "") -> str:
+    """The 99th percentile of a histogram's observations in the window, over all pods."""
+    return ("histogram_quantile(0.99, sum by (le) "
+            f"(rate({histogram}_bucket{_selector(scope, extra)}[{window_text(window_seconds)}])))")
+
+
+def mean_query(histogram: str, scope: QueryScope, window_seconds: float) -> str:
+    """The mean of a histogram's observations in the window, over all pods."""
+    window = window_text(window_seconds)
+    return (f"sum(rate({histogram}_sum{_selector(scope)}[{window}])) / "
+            f"sum(rate({histogram}_count{_selector(scope)}[{window}]))")
+
+
+def error_rate_query(scope: QueryScope, window_seconds: float) -> str:
+    return error_share_query("asr_requests_total", scope, window_seconds, _INFERENCE + _SERVER_ERRORS, _INFERENCE)
 
 
 def p99_latency_query(scope: QueryScope, window_seconds: float) -> str:
-    window = window_text(window_seconds)
-    return (
-        "histogram_quantile(0.99, sum by (le) "
-        f"(rate(asr_request_duration_seconds_bucket{_selector(scope, _INFERENCE)}[{window}])))"
-    )
+    return p99_query("asr_request_duration_seconds", scope, window_seconds, _INFERENCE)
 
 
 def real_time_factor_query(scope: QueryScope, window_seconds: float) -> str:
     """Mean real-time factor (processing seconds per audio second) over the window."""
-    window = window_text(window_seconds)
-    return (
-        f"sum(rate(asr_real_time_factor_sum{_selector(scope)}[{window}])) / "
-        f"sum(rate(asr_real_time_factor_count{_selector(scope)}[{window}]))"
-    )
+    return mean_query("asr_real_time_factor", scope, window_seconds)
 
 
 def gpu_memory_growth_query(scope: QueryScope, window_seconds: float) -> str:

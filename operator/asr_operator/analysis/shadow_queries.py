@@ -14,7 +14,7 @@ count (the canary has proven nothing on a copy it did not transcribe).
 """
 from __future__ import annotations
 
-from .queries import QueryScope, _selector, window_text
+from .queries import QueryScope, _selector, error_share_query, mean_query, p99_query, window_text
 
 SHADOW_ERROR_RATE = "shadow-error-rate"
 SHADOW_P99 = "shadow-p99-latency-seconds"
@@ -32,22 +32,15 @@ def shadow_request_count_query(scope: QueryScope, window_seconds: float) -> str:
 
 
 def shadow_error_rate_query(scope: QueryScope, window_seconds: float) -> str:
-    window = window_text(window_seconds)
-    errors = f"sum(rate(asr_shadow_requests_total{_selector(scope, _ERRORS)}[{window}]))"
-    total = f"sum(rate(asr_shadow_requests_total{_selector(scope, _ANSWERED)}[{window}]))"
-    return f"({errors} or vector(0)) / {total}"
+    return error_share_query("asr_shadow_requests_total", scope, window_seconds, _ERRORS, _ANSWERED)
 
 
 def shadow_p99_latency_query(scope: QueryScope, window_seconds: float) -> str:
-    window = window_text(window_seconds)
-    return ("histogram_quantile(0.99, sum by (le) "
-            f"(rate(asr_shadow_request_duration_seconds_bucket{_selector(scope)}[{window}])))")
+    return p99_query("asr_shadow_request_duration_seconds", scope, window_seconds)
 
 
 def shadow_real_time_factor_query(scope: QueryScope, window_seconds: float) -> str:
-    window = window_text(window_seconds)
-    return (f"sum(rate(asr_shadow_real_time_factor_sum{_selector(scope)}[{window}])) / "
-            f"sum(rate(asr_shadow_real_time_factor_count{_selector(scope)}[{window}]))")
+    return mean_query("asr_shadow_real_time_factor", scope, window_seconds)
 
 
 def shadow_cer_query(scope: QueryScope, window_seconds: float) -> str:
