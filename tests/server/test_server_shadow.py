@@ -57,6 +57,23 @@ async def test_a_full_queue_drops_copies_and_counts_them(tmp_path: Path) -> None
     assert _value(registry, "asr_shadow_copies_total", version="v1", result="dropped") == 3
 
 
+def test_the_newer_revision_decides_the_setting_whichever_source_brings_it(tmp_path: Path) -> None:
+    """The operator's push turns copies on at once; a late kubelet copy of an older config (file)
+    never turns them back on after a newer push turned them off."""
+    copier = ShadowCopier(ShadowMetrics(CollectorRegistry(), POD), tmp_path / "model.yaml")
+    on = "name: m\nversion: v1\npath: m/v1\nrevision: 2\nshadow: {url: 'http://c.ns.svc:8000', percent: 20}\n"
+    off = "name: m\nversion: v1\npath: m/v1\nrevision: 3\n"
+    assert copier.take_text(on, "pushed") and copier.setting == ShadowSetting("http://c.ns.svc:8000", 20)
+    assert copier.take_text(off, "pushed") and copier.setting is None
+    (tmp_path / "model.yaml").write_text(on)  # the kubelet's late copy of revision 2
+    copier.refresh()
+    assert copier.setting is None and copier.revision == 3
+    (tmp_path / "model.yaml").write_text(off)  # its copy of revision 3: already taken, still off
+    copier.refresh()
+    assert copier.setting is None
+    assert copier.take_text("name: m\nversion: v1\npath: m/v1\nshadow: {url: 'http://x:1', percent: 5}\n", "file")
+
+
 # --- real server processes ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
