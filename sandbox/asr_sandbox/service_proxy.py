@@ -12,8 +12,10 @@ host gets a 502: the proxy reaches the sandbox's Services and nothing else.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +65,7 @@ class ServiceProxy:
         self.endpoints = endpoints
         self.port = 0
         self.forwarded: dict[str, int] = {}
+        self.forward_log: collections.deque[tuple[float, str]] = collections.deque(maxlen=20000)  # (time, track)
         self.refused = 0
         self._next = itertools.count()
         self._background = LoopThread("service-proxy")
@@ -89,6 +92,7 @@ class ServiceProxy:
         if not ready:
             return aiohttp.web.Response(status=503, text=f"sandbox service proxy: no ready endpoint behind {host}\n")
         endpoint = ready[next(self._next) % len(ready)]
+        self.forward_log.append((time.time(), track))
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         try:
