@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Event": ("v1", "events"),
     "Deployment": ("apps/v1", "deployments"),
     "HTTPRoute": ("gateway.networking.k8s.io/v1", "httproutes"),
+    "PriorityClass": ("scheduling.k8s.io/v1", "priorityclasses"),
 }
 
 
