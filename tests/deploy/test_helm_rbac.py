@@ -90,6 +90,7 @@ def tell_the_story(story: Story) -> None:
     kube = story.kube
     # 1. A first version behind a Gateway API route: stable children, Succeeded.
     kube.create(http_route("meeting-zh"))
+    kube.ensure_priority_class("inference-high")  # the example's pods name it; the admin creates it
     kube.create(example_rollout("examples/rollout-gateway-api.yaml", "meeting-zh"))
     story.wait_phase("meeting-zh", "Succeeded")
     # 2. GitOps bumps the version: a canary, traffic shifted, paused at `pause: {}`.

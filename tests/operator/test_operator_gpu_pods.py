@@ -79,12 +79,7 @@ def test_the_pod_template_reaches_the_pods_and_a_change_of_it_is_canaried(scenar
     manifest = rollout_manifest(ns, name, "v1", s.prometheus.url, steps=[{"setWeight": 50}, {"pause": {"duration": "2s"}}])
     manifest["spec"]["server"]["podTemplate"] = GPU_TEMPLATE
     if s.backend.real:  # pods of a priority class that does not exist are refused
-        from tests.support.kube import ApiError
-        try:
-            s.kube.create({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-                           "metadata": {"name": "asr-inference"}, "value": 1000})
-        except ApiError as error:
-            assert error.status == 409, error
+        s.kube.ensure_priority_class("asr-inference")
     s.kube.create(manifest)
     s.settled_on(name, "v1", timeout=60)
     uid = s.kube.rollout(ns, name)["metadata"]["uid"]
