@@ -74,6 +74,10 @@ def _weight_text(status: Mapping[str, Any]) -> str:
     text = "-" if weight is None else f"{weight}%"
     if status.get("weightApproximate"):
         text += f" (approximate by replicas: {status.get('effectiveCanaryWeight')}%)"
+    elif status.get("effectiveCanaryWeight") not in (None, weight):
+        text += f" (routed now: {status.get('effectiveCanaryWeight')}%, as stable's pods turn ready)"
+    if status.get("pendingWeight") is not None:
+        text += f", {status['pendingWeight']}% once the canary pods for it are ready"
     return text
 
 

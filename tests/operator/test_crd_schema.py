@@ -207,6 +207,16 @@ BAD_SPECS: list[tuple[str, Mutation, str, str]] = [
      "is not of type 'string'"),
     ("on-alert-string", _set("rollback", {"onAlert": "yes"}), "spec.rollback.onAlert",
      "is not of type 'boolean'"),
+    ("sidecar", _set("server.podTemplate", {"spec": {"containers": [{"name": "log-shipper"}]}}),
+     "spec.server.podTemplate.spec.containers.0.name", "is not one of"),
+    ("node-selector-number", _set("server.podTemplate", {"spec": {"nodeSelector": {"gpu": 1}}}),
+     "spec.server.podTemplate.spec.nodeSelector.gpu", "is not of type 'string'"),
+    ("tolerations-object", _set("server.podTemplate", {"spec": {"tolerations": {"key": "nvidia.com/gpu"}}}),
+     "spec.server.podTemplate.spec.tolerations", "is not of type 'array'"),
+    ("startup-timeout-number", _set("server.startupTimeout", 600), "spec.server.startupTimeout",
+     "is not of type 'string'"),
+    ("canary-replicas-zero", _set("strategy.canaryReplicas", 0), "spec.strategy.canaryReplicas",
+     "less than the minimum"),
 ]
 
 

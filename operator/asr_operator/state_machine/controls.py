@@ -216,9 +216,10 @@ def _resume(tick: Tick, why: str) -> None:
     weight = tick.step_weight()
     restored = ""
     if int(tick.s.get("canaryWeight") or 0) != weight:
-        tick.s["canaryWeight"] = weight
-        tick.stamp("weightSetAt")
-        restored = f", canary weight {weight}% restored and judged again"
+        if tick.raise_weight(weight, f"canary weight {weight}% restored"):
+            restored = f", canary weight {weight}% restored and judged again"
+        else:
+            restored = f", canary weight {weight}% restored once its pods are ready, then judged again"
     tick.enter(PROGRESSING, f"resumed: {why}{restored}")
     set_condition(tick.s, "Paused", False, "Resumed", why, tick.now)
     tick.event("Resumed", tick.s["message"])
