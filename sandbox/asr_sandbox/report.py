@@ -389,9 +389,9 @@ def plot_timeline(story: StoryRun, path: Path, bin_s: float = 2.0,
     # The version that served each answer.
     versions = list(colors)
     for version in versions:
-        pts = [r.started - t0 for r in story.records if r.version == version]
-        if pts:
-            ax_v.scatter(pts, [versions.index(version)] * len(pts), s=6, color=colors[version])
+        answered = [r.started - t0 for r in story.records if r.version == version]
+        if answered:
+            ax_v.scatter(answered, [versions.index(version)] * len(answered), s=6, color=colors[version])
     ax_v.set_yticks(range(len(versions)), versions)
     ax_v.set_ylim(-0.5, max(len(versions), 1) - 0.5)
     ax_v.set_ylabel("serving version\n(per answer)")
