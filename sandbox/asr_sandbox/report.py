@@ -212,6 +212,25 @@ def version_colors(story: StoryRun) -> dict[str, str]:
     return {v: VERSION_PALETTE[i % len(VERSION_PALETTE)] for i, v in enumerate(seen)}
 
 
+def weight_steps(weight_log: Sequence[tuple[float, int]], t0: float, start: float,
+                 end: float) -> tuple[list[float], list[int]]:
+    """The routed canary weight as a step path from `start` to `end` (seconds since t0): the
+    weight in force at `start`, a corner at every change inside, the weight in force at `end`."""
+    def at(t: float) -> int:
+        before = [weight for moment, weight in weight_log if moment - t0 <= t]
+        return before[-1] if before else 0
+
+    xs, ys = [start], [at(start)]
+    for moment, weight in weight_log:
+        t = moment - t0
+        if start < t < end:
+            xs += [t, t]
+            ys += [ys[-1], weight]
+    xs.append(end)
+    ys.append(at(end))
+    return xs, ys
+
+
 def error_rates(records: Sequence[RequestRecord], t0: float, end: float, bin_s: float,
                 track: str | None = None) -> list[float | None]:
     """Failed share of the requests started in each `bin_s` bin (of one track, or all); None
@@ -333,8 +352,8 @@ def plot_timeline(story: StoryRun, path: Path, bin_s: float = 2.0,
         ys.append(ys[-1])
     for span in spans(story.samples, "canary", t0, end):
         if span.value in colors:
-            ax_w.fill_between(xs, ys, where=[span.start <= x <= span.end for x in xs], step=None,
-                              color=colors[span.value], alpha=0.25, lw=0)
+            fx, fy = weight_steps(story.weight_log, t0, span.start, span.end)
+            ax_w.fill_between(fx, fy, color=colors[span.value], alpha=0.25, lw=0)
     ax_w.plot(xs, ys, color="black", lw=1.8, label="routed to canary (gateway)")
     ax_w.plot([s.at - t0 for s in story.samples], [s.weight for s in story.samples], color="0.45", lw=1, drawstyle="steps-post",
               ls="--", label="status.canaryWeight")

@@ -8,7 +8,7 @@ from pathlib import Path
 from asr_sandbox import scenarios as sc
 from asr_sandbox.report import (
     PHASE_COLORS, Span, error_axis_top_percent, error_rates, phase_changes, plot_timeline, restore_intervals,
-    spans, summarize, verdict, version_colors, write_report,
+    spans, summarize, verdict, version_colors, weight_steps, write_report,
 )
 from asr_sandbox.story import Sample, ScenarioRun, StoryRun
 from asr_sandbox.traffic import RequestRecord
@@ -71,6 +71,14 @@ def test_one_colour_per_version_in_order_of_appearance() -> None:
     assert list(colors) == ["v1", "v2", "v3-broken"]
     assert len(set(colors.values())) == 3
     assert "tab:red" not in colors.values()  # red is for failures and thresholds
+
+
+def test_the_weight_as_a_step_path_within_a_span() -> None:
+    """What the canary version's colour fills under the weight line: only its own span."""
+    story = _story()
+    xs, ys = weight_steps(story.weight_log, T0, 28, 42)
+    assert list(zip(xs, ys)) == [(28, 0), (30, 0), (30, 50), (40, 50), (40, 0), (42, 0)]
+    assert weight_steps(story.weight_log, T0, 12, 14) == ([12, 14], [50, 50])
 
 
 def test_error_rates_canary_vs_all_and_an_axis_that_fits() -> None:
