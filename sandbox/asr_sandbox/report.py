@@ -377,7 +377,7 @@ def plot_timeline(story: StoryRun, path: Path, bin_s: float = 2.0,
     bars = [(x, r * 100) for x, r in zip(centers, canary_rates) if r is not None]
     if bars:
         ax_e.bar([b[0] for b in bars], [b[1] for b in bars], width=bin_s * 0.9,
-                 color=[canary_color(b[0]) for b in bars], alpha=0.8, label="canary requests")
+                 color=[canary_color(b[0]) for b in bars], alpha=0.8)
     ax_e.plot(centers, [r * 100 if r is not None else float("nan") for r in all_rates], color="black", lw=1,
               drawstyle="steps-mid", label="all requests")
     error_max = thresholds.get(ERROR_RATE)
@@ -385,7 +385,10 @@ def plot_timeline(story: StoryRun, path: Path, bin_s: float = 2.0,
         ax_e.axhline(error_max * 100, color="tab:red", ls="--", lw=1, label=f"{ERROR_RATE} max {error_max:.0%}")
     ax_e.set_ylim(0, error_axis_top_percent(canary_rates + all_rates, error_max))
     ax_e.set_ylabel(f"error rate %\n(per {bin_s:g} s)")
-    ax_e.legend(loc="upper left", fontsize=7)
+    # The bars take the canary version's colour, so their legend entry shows a neutral one.
+    handles, _ = ax_e.get_legend_handles_labels()
+    handles.append(Patch(color="0.6", label="canary requests (bar colour: the canary's version)"))
+    ax_e.legend(handles=handles, loc="upper left", fontsize=7)
 
     # Latency per answer, coloured by the version that answered; canary answers as triangles.
     for version, color in colors.items():
