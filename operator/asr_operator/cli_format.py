@@ -15,7 +15,7 @@ import yaml
 from .children import model_from_configmap
 from .durations import parse_time
 
-# Exit codes (README "kubectl plugin"): what CI and GitOps pipelines branch on.
+# Exit codes (docs/install-and-operate.md, "The kubectl plugin"): what CI and GitOps pipelines branch on.
 EXIT_OK = 0           # done; with `status --watch`: Succeeded on the spec's version
 EXIT_ERROR = 1        # could not do it: not found, refused by the API, no credentials
 EXIT_USAGE = 2        # bad command line (argparse's own code)

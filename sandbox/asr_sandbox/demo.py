@@ -75,7 +75,9 @@ def run_sandbox(args: argparse.Namespace) -> int:
                      f"p99 <= {settings.max_p99_latency_s} s, real-time factor <= {settings.max_real_time_factor} "
                      f"and <= {settings.max_real_time_factor_ratio}x stable's, steps {list(settings.steps)}, traffic {args.rate:g} req/s, "
                      f"kubelet ConfigMap sync period {args.kubelet_sync_period:g} s (+ jitter) with the operator's config push")
-    report = write_report(folder, result, summaries, outcome, settings_text)
+    # The plot draws the bounds the scenarios' analysis uses (scenarios.rollout_manifest).
+    thresholds = {"error-rate": settings.max_error_rate, "p99-latency-seconds": settings.max_p99_latency_s}
+    report = write_report(folder, result, summaries, outcome, settings_text, thresholds=thresholds)
     print()
     print("\n".join(table(summaries)))
     print()

@@ -36,6 +36,7 @@ class Sample:
     canary: str
     verdicts: str
     message: str
+    stage: str = ""  # the current step's kind, e.g. "shadow"
 
 
 @dataclass

@@ -18,7 +18,9 @@ from asr_sandbox.crd_schema import (
 )
 from asr_sandbox.paths import EXAMPLES_DIR
 
-EXAMPLES = sorted(EXAMPLES_DIR.glob("rollout-*.yaml"))  # model-pull-job.yaml is a PVC + Job
+# The rollouts: rollout-*.yaml and quickstart-rollout.yaml (model-pull-job.yaml is a PVC + Job,
+# gateway.yaml a Gateway + HTTPRoute).
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*rollout*.yaml"))
 
 
 def load_example(path: Path) -> dict[str, Any]:

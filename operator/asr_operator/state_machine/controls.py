@@ -92,7 +92,7 @@ def _alert(tick: Tick, alert: dict[str, Any] | None) -> None:
 
 
 def _alert_action(tick: Tick, track: str, starts_at: str, described: str) -> str:
-    """What an alert does (README, "How the operator judges"). By its `track` label: canary
+    """What an alert does (docs/analysis.md, "How the operator judges"). By its `track` label: canary
     alerts roll the canary back; stable alerts revert a promotion inside the post-promotion
     window; no track: either, as the phase says. Never for an alert that started before the
     revision it would judge was serving (before the canary started, before the promotion)."""
