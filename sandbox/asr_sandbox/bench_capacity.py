@@ -26,8 +26,6 @@ import contextlib
 import datetime
 import json
 import math
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -40,6 +38,7 @@ import urllib3
 import yaml
 
 from asr_sandbox.control_plane import ControlPlane, missing_parts
+from asr_sandbox.bench_operator import operator
 from asr_sandbox.kube_emulator import EmulatorServer, write_kubeconfig
 from asr_sandbox.paths import CRD_PATH, REPO_ROOT
 
@@ -280,25 +279,6 @@ def replay(versions: list[dict[str, Any]], name: str) -> tuple[int, float]:
     return peak, lowest
 
 
-@contextlib.contextmanager
-def operator(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(str(REPO_ROOT / p) for p in ("operator", "sandbox", ".")))
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "asr_operator", "--standalone", "--disable-scanning",
-                                 "--namespace", NS, "--metrics-port", "0", "--webhook-port", "0"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def bench(workdir: Path, pod_start: float) -> list[dict[str, Any]]:
     """The JSON lines (as dicts) of the capacity benchmarks."""
     lines: list[dict[str, Any]] = []
@@ -310,7 +290,7 @@ def bench(workdir: Path, pod_start: float) -> list[dict[str, Any]]:
                 "metadata": {"name": f"{name}-route", "namespace": NS},
                 "spec": {"rules": [{"backendRefs": [{"name": f"{name}-stable", "port": 8000}]}]}})
         with DeploymentWatch(api) as watch, PodPlayer(api, real, pod_start), \
-                operator(kubeconfig, workdir / "operator.log"):
+                operator(kubeconfig, workdir / "operator.log", NS):
             try:
                 common = {"api": kind, "pod_start_s": pod_start, "replicas": REPLICAS, "steps": list(WEIGHTS)}
                 peak, _ = replay(run_rollout(api, watch, "dyn", {"gatewayAPI": {"httpRoute": "dyn-route"}},

@@ -152,12 +152,13 @@ def wait(probe: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
 
 
 @contextlib.contextmanager
-def operator(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def operator(kubeconfig: Path, log_path: Path, namespace: str = NS) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator as its own process, watching `namespace`, stopped on leaving."""
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(str(REPO_ROOT / p) for p in ("operator", "sandbox", ".")))
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "asr_operator", "--standalone", "--disable-scanning",
-                                 "--namespace", NS, "--metrics-port", "0", "--webhook-port", "0"],
+                                 "--namespace", namespace, "--metrics-port", "0", "--webhook-port", "0"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
     try:
         yield proc
