@@ -107,7 +107,7 @@ def quiet_openmp_waits(env: dict[str, str] | os._Environ[str] = os.environ) -> N
     helper then burns the core the descheduled teammate or the event loop needs, and every one
     of a generate()'s hundreds of barriers waits a scheduler time slice. Measured on 2 shared
     cores, production-sized model, 8 clients: 2.79 requests/s passive vs 1.22 spinning, and a
-    lower p50 for a lone client too (README, bench-server)."""
+    lower p50 for a lone client too (docs/demo.md, make bench-server)."""
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -37,7 +37,7 @@ earliest-starting one not seen yet is written (one annotation holds one alert; t
 after the operator consumed it, on Alertmanager's next notification).
 
 The alert's `track` label (`canary` or `stable`, set by the chart's rules) goes into the
-annotation as `track`; the state machine acts by it (README, "How the operator judges").
+annotation as `track`; the state machine acts by it (docs/analysis.md, "How the operator judges").
 """
 
 from __future__ import annotations

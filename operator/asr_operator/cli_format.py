@@ -15,7 +15,7 @@ import yaml
 from .children import model_from_configmap
 from .durations import parse_time
 
-# Exit codes (README "kubectl plugin"): what CI and GitOps pipelines branch on.
+# Exit codes (docs/install-and-operate.md, "The kubectl plugin"): what CI and GitOps pipelines branch on.
 EXIT_OK = 0           # done; with `status --watch`: Succeeded on the spec's version
 EXIT_ERROR = 1        # could not do it: not found, refused by the API, no credentials
 EXIT_USAGE = 2        # bad command line (argparse's own code)
@@ -74,6 +74,10 @@ def _weight_text(status: Mapping[str, Any]) -> str:
     text = "-" if weight is None else f"{weight}%"
     if status.get("weightApproximate"):
         text += f" (approximate by replicas: {status.get('effectiveCanaryWeight')}%)"
+    elif status.get("effectiveCanaryWeight") not in (None, weight):
+        text += f" (routed now: {status.get('effectiveCanaryWeight')}%, as stable's pods turn ready)"
+    if status.get("pendingWeight") is not None:
+        text += f", {status['pendingWeight']}% once the canary pods for it are ready"
     return text
 
 

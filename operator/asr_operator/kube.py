@@ -63,6 +63,10 @@ def deployment_path(namespace: str, name: str = "") -> str:
     return f"/apis/apps/v1/namespaces/{namespace}/deployments" + (f"/{name}" if name else "")
 
 
+def pdb_path(namespace: str, name: str = "") -> str:
+    return f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets" + (f"/{name}" if name else "")
+
+
 def httproute_path(namespace: str, name: str) -> str:
     return f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes/{name}"
 

@@ -29,7 +29,7 @@ from .spec import InvalidSpec, RolloutSpec, parse_spec
 from .state_machine.children_plan import every_pod_has_room
 from .state_machine import (
     ANNOTATION_PREFIX, AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment,
-    EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
+    EnsureDisruptionBudgets, EnsureServices, Observations, SetWeight, condition_of, decide, set_condition, wants,
 )
 from .traffic.gateway_api import GatewayApiRouter
 from .state_machine.shadow_stage import shadow_stage_active
@@ -301,6 +301,11 @@ class Reconciler:
                                    children.deployment(namespace, name, action.track, action.replicas,
                                                        action.version, action.template, owner,
                                                        action.model_revision), cache)
+            elif isinstance(action, EnsureDisruptionBudgets):
+                for track in children.TRACKS:
+                    await self._ensure(kube.pdb_path(namespace), children.deployment_name(name, track),
+                                       children.disruption_budget(namespace, name, track, action.max_unavailable,
+                                                                  owner), cache)
         if missing_route is not None:
             raise missing_route
 
@@ -316,8 +321,8 @@ class Reconciler:
                 if error.status != 409:
                     raise
                 cache[path] = await self.api.merge_patch(path, desired)
-        elif not children.contains(live, desired):
-            cache[path] = await self.api.merge_patch(path, desired)
+        elif (patch := children.patch_for(live, desired)) is not None:
+            cache[path] = await self.api.merge_patch(path, patch)
 
     async def _event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         try:

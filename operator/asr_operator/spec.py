@@ -6,6 +6,7 @@ error names the field path and says what to write instead.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import pod_template as pods
 from .analysis import golden, queries, shadow_queries
 from .durations import parse_duration
 
@@ -70,12 +72,34 @@ class ModelRef:
         return other is not None and self.to_status() == other.to_status()
 
 
+DEFAULT_STARTUP_TIMEOUT = 900.0  # 15m: a large model on a cold node can take minutes to load
+DEFAULT_PRE_STOP_DELAY = 10.0    # endpoints, kube-proxy and gateways forget a terminating pod
+DEFAULT_DRAIN_TIMEOUT = 30.0     # the server's own --drain-timeout default
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     image: str
     replicas: int
     resources: Mapping[str, Any]
     env: tuple[Mapping[str, Any], ...]
+    pod_template: Mapping[str, Any] = field(default_factory=dict)
+    accelerator: str = pods.DEFAULT_ACCELERATOR
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    pre_stop_delay: float = DEFAULT_PRE_STOP_DELAY
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    max_unavailable: int | str = 1  # each track's PodDisruptionBudget
+
+
+# PodTemplate's fields besides image, resources, env and modelVolume: status key -> (attribute,
+# default). Defaults are left out of status, so an operator that adds a field starts no canary.
+_TEMPLATE_OPTIONAL: dict[str, tuple[str, Any]] = {
+    "podTemplate": ("pod", {}),
+    "acceleratorResource": ("accelerator", pods.DEFAULT_ACCELERATOR),
+    "startupTimeoutSeconds": ("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
+    "preStopDelaySeconds": ("pre_stop_delay", DEFAULT_PRE_STOP_DELAY),
+    "drainTimeoutSeconds": ("drain_timeout", DEFAULT_DRAIN_TIMEOUT),
+}
 
 
 @dataclass(frozen=True)
@@ -87,29 +111,58 @@ class PodTemplate:
     resources: Mapping[str, Any] = field(default_factory=dict)
     env: tuple[Mapping[str, Any], ...] = ()
     model_volume: Mapping[str, Any] = field(default_factory=dict)
+    pod: Mapping[str, Any] = field(default_factory=dict)  # spec.server.podTemplate (checked)
+    accelerator: str = pods.DEFAULT_ACCELERATOR
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    pre_stop_delay: float = DEFAULT_PRE_STOP_DELAY
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    @property
+    def uses_accelerator(self) -> bool:
+        """The server container requests the accelerator resource: the server runs on `cuda`."""
+        return pods.requests_accelerator(self.resources, self.accelerator)
 
     def to_status(self) -> dict[str, Any]:
-        return {"image": self.image, "resources": dict(self.resources), "env": [dict(item) for item in self.env],
-                "modelVolume": dict(self.model_volume)}
+        out = {"image": self.image, "resources": dict(self.resources), "env": [dict(item) for item in self.env],
+               "modelVolume": dict(self.model_volume)}
+        for key, (attribute, default) in _TEMPLATE_OPTIONAL.items():
+            value = getattr(self, attribute)
+            if value != default:
+                out[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
+        return out
 
     @classmethod
     def from_status(cls, data: Mapping[str, Any] | None) -> PodTemplate | None:
         if not data or not data.get("image"):
             return None
+        def value(key: str) -> Any:
+            found = data.get(key)
+            return _TEMPLATE_OPTIONAL[key][1] if found is None else found
         return cls(image=str(data["image"]), resources=dict(data.get("resources") or {}),
                    env=tuple(dict(item) for item in data.get("env") or []),
-                   model_volume=dict(data.get("modelVolume") or {}))
+                   model_volume=dict(data.get("modelVolume") or {}),
+                   pod=copy.deepcopy(dict(value("podTemplate"))), accelerator=str(value("acceleratorResource")),
+                   startup_timeout=float(value("startupTimeoutSeconds")),
+                   pre_stop_delay=float(value("preStopDelaySeconds")), drain_timeout=float(value("drainTimeoutSeconds")))
 
     def same_as(self, other: PodTemplate | None) -> bool:
         return other is not None and self.to_status() == other.to_status()
 
     def changes_from(self, old: PodTemplate | None) -> list[str]:
-        """What differs from `old`, for people: `image a -> b`, `resources`, `env`, `modelVolume`."""
+        """What differs from `old`, for people: `image a -> b`, `resources`, `env`, `modelVolume`,
+        `podTemplate.spec.tolerations`, `startupTimeout`, ..."""
         if old is None:
             return []
         changed = [f"image {old.image} -> {self.image}"] if old.image != self.image else []
         mine, theirs = self.to_status(), old.to_status()
-        return changed + [key for key in ("resources", "env", "modelVolume") if mine[key] != theirs[key]]
+        changed += [key for key in ("resources", "env", "modelVolume") if mine[key] != theirs[key]]
+        for part in ("metadata", "spec"):
+            new_part, old_part = self.pod.get(part) or {}, old.pod.get(part) or {}
+            changed += [f"podTemplate.{part}.{key}" for key in sorted(set(new_part) | set(old_part))
+                        if new_part.get(key) != old_part.get(key)]
+        changed += [key.removesuffix("Seconds") for key in list(_TEMPLATE_OPTIONAL)[1:]
+                    if mine.get(key) != theirs.get(key)]
+        return changed
 
 
 @dataclass(frozen=True)
@@ -142,6 +195,8 @@ class StrategySpec:
     steps: tuple[Step, ...]
     progress_deadline_seconds: float
     stable_update: str = "hot"  # hot | rolling | auto: how stable pods take a new version (STABLE_UPDATES)
+    canary_replicas: int | None = None  # gatewayAPI: a fixed canary size instead of one that follows the weight
+    dynamic_stable_scale: bool = False  # gatewayAPI: the stable track also follows its traffic share
 
 
 # hot: the stable ConfigMap changes and the pods hot-reload (two versions in memory for a moment);
@@ -198,8 +253,11 @@ class RolloutSpec:
     @property
     def template(self) -> PodTemplate:
         """The pod template the spec asks for (replicas are not part of it: scaling is no revision)."""
-        return PodTemplate(image=self.server.image, resources=self.server.resources, env=self.server.env,
-                           model_volume=self.model_volume)
+        server = self.server
+        return PodTemplate(image=server.image, resources=server.resources, env=server.env,
+                           model_volume=self.model_volume, pod=server.pod_template, accelerator=server.accelerator,
+                           startup_timeout=server.startup_timeout, pre_stop_delay=server.pre_stop_delay,
+                           drain_timeout=server.drain_timeout)
 
 
 class _Checker:
@@ -308,6 +366,12 @@ def parse_spec(raw: Mapping[str, Any] | None) -> RolloutSpec:
         check.fail("spec.strategy.steps", "no step sends traffic to the canary (setWeight above 0), so the "
                                           "analysis could never measure it; add e.g. {setWeight: 10}")
     _check_shadow_metrics(check, strategy, analysis)
+    if traffic is not None and traffic.provider == "replicaRatio":
+        for key in ("canaryReplicas", "dynamicStableScale"):
+            raw_strategy = spec.get("strategy")
+            if isinstance(raw_strategy, Mapping) and raw_strategy.get(key) not in (None, False):
+                check.fail(f"spec.strategy.{key}", "works with traffic.gatewayAPI only: under replicaRatio the "
+                                                   "pod counts are the traffic split, so both tracks follow the weight")
     if check.problems or model is None or server is None or traffic is None:
         raise InvalidSpec(check.problems or ["spec: could not be read"])
     return RolloutSpec(
@@ -355,6 +419,11 @@ def _parse_server(check: _Checker, raw: Any) -> ServerSpec | None:
     image = check.string(server.get("image"), "spec.server.image")
     replicas = check.integer(server.get("replicas"), "spec.server.replicas", default=2, minimum=1)
     resources = check.mapping(server.get("resources"), "spec.server.resources", required=False)
+    accelerator = check.string(server.get("acceleratorResource"), "spec.server.acceleratorResource",
+                               re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"),
+                               "name an extended resource, e.g. nvidia.com/gpu or amd.com/gpu",
+                               required=False) or pods.DEFAULT_ACCELERATOR
+    gpu = pods.requests_accelerator(resources, accelerator)
     env_raw = server.get("env") or []
     env: list[Mapping[str, Any]] = []
     if not isinstance(env_raw, list):
@@ -363,11 +432,34 @@ def _parse_server(check: _Checker, raw: Any) -> ServerSpec | None:
         for index, item in enumerate(env_raw):
             if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
                 check.fail(f"spec.server.env[{index}]", "must be an object with a `name`")
+            elif item["name"] in pods.OPERATOR_ENV:
+                check.fail(f"spec.server.env[{index}].name", f"{item['name']} is the operator's: "
+                                                             f"{pods.OPERATOR_ENV[item['name']]}; remove it")
+            elif item["name"] == pods.DEVICE_ENV and gpu:
+                check.fail(f"spec.server.env[{index}].name", f"{pods.DEVICE_ENV} is set by the operator to `cuda` "
+                                                             f"when the pod requests {accelerator}; remove it")
             else:
                 env.append(dict(item))
+    pod_template = pods.check_pod_template(server.get("podTemplate"), "spec.server.podTemplate", check.fail)
+    startup = check.duration(server.get("startupTimeout"), "spec.server.startupTimeout", "15m", 10.0)
+    pre_stop = check.duration(server.get("preStopDelay"), "spec.server.preStopDelay", "10s")
+    drain = check.duration(server.get("drainTimeout"), "spec.server.drainTimeout", "30s")
+    budget = check.mapping(server.get("disruptionBudget"), "spec.server.disruptionBudget", required=False)
+    max_unavailable: int | str = 1
+    if budget.get("maxUnavailable") is not None:
+        value = budget["maxUnavailable"]
+        if isinstance(value, str) and re.fullmatch(r"(100|[1-9]?[0-9])%", value):
+            max_unavailable = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            max_unavailable = value
+        else:
+            check.fail("spec.server.disruptionBudget.maxUnavailable",
+                       f"{value!r} is neither a count (0 or more) nor a percentage like '25%'")
     if image is None:
         return None
-    return ServerSpec(image=image, replicas=replicas, resources=dict(resources), env=tuple(env))
+    return ServerSpec(image=image, replicas=replicas, resources=dict(resources), env=tuple(env),
+                      pod_template=pod_template, accelerator=accelerator, startup_timeout=startup,
+                      pre_stop_delay=pre_stop, drain_timeout=drain, max_unavailable=max_unavailable)
 
 
 def _parse_traffic(check: _Checker, raw: Any) -> TrafficSpec | None:
@@ -440,8 +532,17 @@ def _parse_strategy(check: _Checker, raw: Any) -> StrategySpec:
                    "reloads the stable pods in place (room for two models needed), rolling lets Kubernetes "
                    "replace them, auto picks hot where every stable pod reports room")
         stable_update = "hot"
+    canary_replicas = None
+    if strategy.get("canaryReplicas") is not None:
+        canary_replicas = check.integer(strategy.get("canaryReplicas"), "spec.strategy.canaryReplicas",
+                                        default=1, minimum=1)
+    dynamic = strategy.get("dynamicStableScale", False)
+    if not isinstance(dynamic, bool):
+        check.fail("spec.strategy.dynamicStableScale", f"must be true or false, got {dynamic!r}")
+        dynamic = False
     return StrategySpec(steps=tuple(steps), progress_deadline_seconds=float(deadline),
-                        stable_update=str(stable_update))
+                        stable_update=str(stable_update), canary_replicas=canary_replicas,
+                        dynamic_stable_scale=dynamic)
 
 
 def _parse_shadow_step(check: _Checker, raw: Any, path: str) -> Step | None:

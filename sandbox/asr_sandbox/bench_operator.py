@@ -3,6 +3,12 @@
     {"bench": "rollback_operator_seconds", "value": N, "target": "<= 1.0", ...}
     {"bench": "tick_lag_p99_seconds_200_rollouts", "value": N, "target": "<= 1.0", ...}
     {"bench": "operator_rss_mb_200_rollouts", "value": N, "target": "<= 300", ...}
+    {"bench": "accelerators_peak_ratio", "value": N, "target": "<= 1.5", ...}
+    {"bench": "accelerators_peak_ratio_stable_full", "value": N, ...}
+    {"bench": "stable_ready_min_ratio", "value": N, "target": "1.0", ...}
+
+The last three (canary sizing) are sandbox/asr_sandbox/bench_capacity.py: on a real control
+plane when KUBEBUILDER_ASSETS names one, else on the emulator; each line says which.
 
 Everything real that can be here: the operator process (`python -m asr_operator`) talks to the
 kmock API emulator (the testbed's subclass) through a kubeconfig over HTTP, and judges canaries
@@ -146,12 +152,13 @@ def wait(probe: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
 
 
 @contextlib.contextmanager
-def operator(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def operator(kubeconfig: Path, log_path: Path, namespace: str = NS) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator as its own process, watching `namespace`, stopped on leaving."""
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(str(REPO_ROOT / p) for p in ("operator", "sandbox", ".")))
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "asr_operator", "--standalone", "--disable-scanning",
-                                 "--namespace", NS, "--metrics-port", "0", "--webhook-port", "0"],
+                                 "--namespace", namespace, "--metrics-port", "0", "--webhook-port", "0"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
     try:
         yield proc
@@ -275,7 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="analysis interval of the N rollouts (s)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds the N rollouts run measured")
     parser.add_argument("--repetitions", type=int, default=5, help="rollbacks measured")
+    parser.add_argument("--only", choices=("all", "speed", "capacity"), default="all",
+                        help="speed: rollback and scale lines; capacity: the canary sizing lines")
+    parser.add_argument("--pod-start", type=float, default=10.0,
+                        help="capacity: seconds a new pod takes to turn ready (a model load)")
     args = parser.parse_args(argv)
+    if args.only != "speed":
+        from asr_sandbox import bench_capacity
+        with tempfile.TemporaryDirectory(prefix="asr-bench-capacity-") as tmp:
+            for line in bench_capacity.bench(Path(tmp), args.pod_start):
+                print(json.dumps(line), flush=True)
+    if args.only == "capacity":
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="asr-bench-operator-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)

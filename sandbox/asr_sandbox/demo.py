@@ -84,7 +84,9 @@ def run_sandbox(args: argparse.Namespace) -> int:
                      f"kubelet ConfigMap sync period {args.kubelet_sync_period:g} s (+ jitter) with the operator's config push; "
                      f"shadow scenarios: a shadow stage of {settings.shadow_percent}% for {settings.shadow_duration} first, "
                      f"shadow error rate <= {settings.max_shadow_error_rate}, shadow CER vs stable <= {settings.max_shadow_cer}")
-    report = write_report(folder, result, summaries, outcome, settings_text)
+    # The plot draws the bounds the scenarios' analysis uses (scenarios.rollout_manifest).
+    thresholds = {"error-rate": settings.max_error_rate, "p99-latency-seconds": settings.max_p99_latency_s}
+    report = write_report(folder, result, summaries, outcome, settings_text, thresholds=thresholds)
     print()
     print("\n".join(table(summaries)))
     print()

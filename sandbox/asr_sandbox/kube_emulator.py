@@ -96,6 +96,8 @@ BUILTIN_RESOURCES: tuple[ResourceSpec, ...] = (
     ResourceSpec("", "v1", "serviceaccounts", "ServiceAccount"),
     ResourceSpec("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     ResourceSpec("apps", "v1", "replicasets", "ReplicaSet", subresources=("status", "scale")),
+    ResourceSpec("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", subresources=("status",)),
+    ResourceSpec("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False),
     ResourceSpec("events.k8s.io", "v1", "events", "Event"),
     ResourceSpec("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceSpec("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),

@@ -5,7 +5,7 @@ passes) runs against the Kubernetes API emulator through a kubeconfig and is dri
 whole story, with kopf peering on: a first version, a canary behind a Gateway API HTTPRoute, a
 manual promotion, an Alertmanager alert through the operator's webhook within the
 post-promotion window (the stable version is reverted), a second rollout with the replica-ratio
-router, someone else's edit of a child that the operator puts back, a canary alert (the canary
+router, someone else's edit of children (a Service, a PodDisruptionBudget) that the operator puts back, a canary alert (the canary
 is rolled back), and a deletion. Every request it makes is recorded by the emulator
 (sandbox/asr_sandbox/kube_emulator.py) and reduced to (apiGroup, resource, verb); the test's own requests
 are told apart by their User-Agent. The set is compared both ways with the rules the chart renders: a call the rules do
@@ -90,6 +90,7 @@ def tell_the_story(story: Story) -> None:
     kube = story.kube
     # 1. A first version behind a Gateway API route: stable children, Succeeded.
     kube.create(http_route("meeting-zh"))
+    kube.ensure_priority_class("inference-high")  # the example's pods name it; the admin creates it
     kube.create(example_rollout("examples/rollout-gateway-api.yaml", "meeting-zh"))
     story.wait_phase("meeting-zh", "Succeeded")
     # 2. GitOps bumps the version: a canary, traffic shifted, paused at `pause: {}`.
@@ -122,11 +123,15 @@ def tell_the_story(story: Story) -> None:
     story.wait_phase("call-center", "Succeeded")
     kube.patch("v1", "services", NAMESPACE, "call-center-stable",
                {"spec": {"selector": {"asr.rollout.dev/track": "edited-by-hand"}}})
+    kube.patch("policy/v1", "poddisruptionbudgets", NAMESPACE, "call-center-stable",
+               {"spec": {"maxUnavailable": 0}})
     kube.patch(*RO, NAMESPACE, "call-center", {"spec": {"model": {"version": "v2.1.0",
                                                                    "path": "sensevoice-small/v2.1.0"}}})
     story.wait_phase("call-center", "Paused")
     wait_for(lambda: kube.get("v1", "services", NAMESPACE, "call-center-stable")["spec"]["selector"]
-             .get("asr.rollout.dev/track") == "stable", 40, "the operator to put the Service back",
+             .get("asr.rollout.dev/track") == "stable"
+             and kube.get("policy/v1", "poddisruptionbudgets", NAMESPACE, "call-center-stable")["spec"]
+             .get("maxUnavailable") == 1, 40, "the operator to put the Service and the disruption budget back",
              context=story.operator.log_tail)
     # A canary alert rolls the running canary back.
     alert = dict(alert, fingerprint="beef", startsAt=_now(),

@@ -18,7 +18,9 @@ from asr_sandbox.crd_schema import (
 )
 from asr_sandbox.paths import EXAMPLES_DIR
 
-EXAMPLES = sorted(EXAMPLES_DIR.glob("rollout-*.yaml"))  # model-pull-job.yaml is a PVC + Job
+# The rollouts: rollout-*.yaml and quickstart-rollout.yaml (model-pull-job.yaml is a PVC + Job,
+# gateway.yaml a Gateway + HTTPRoute).
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*rollout*.yaml"))
 
 
 def load_example(path: Path) -> dict[str, Any]:
@@ -207,6 +209,16 @@ BAD_SPECS: list[tuple[str, Mutation, str, str]] = [
      "is not of type 'string'"),
     ("on-alert-string", _set("rollback", {"onAlert": "yes"}), "spec.rollback.onAlert",
      "is not of type 'boolean'"),
+    ("sidecar", _set("server.podTemplate", {"spec": {"containers": [{"name": "log-shipper"}]}}),
+     "spec.server.podTemplate.spec.containers.0.name", "is not one of"),
+    ("node-selector-number", _set("server.podTemplate", {"spec": {"nodeSelector": {"gpu": 1}}}),
+     "spec.server.podTemplate.spec.nodeSelector.gpu", "is not of type 'string'"),
+    ("tolerations-object", _set("server.podTemplate", {"spec": {"tolerations": {"key": "nvidia.com/gpu"}}}),
+     "spec.server.podTemplate.spec.tolerations", "is not of type 'array'"),
+    ("startup-timeout-number", _set("server.startupTimeout", 600), "spec.server.startupTimeout",
+     "is not of type 'string'"),
+    ("canary-replicas-zero", _set("strategy.canaryReplicas", 0), "spec.strategy.canaryReplicas",
+     "less than the minimum"),
 ]
 
 

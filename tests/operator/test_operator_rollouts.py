@@ -251,7 +251,8 @@ def test_breach_rolls_back_and_reverts_the_canary_configmap(scenario: Scenario) 
     assert final.get("currentStep") is None  # `kubectl get`'s Step column shows no step once rolled back
     assert config_of(s.kube, ns, name, "canary")["path"] == "paraformer-tiny/v1"  # reverted
     assert config_of(s.kube, ns, name, "stable")["path"] == "paraformer-tiny/v1"
-    assert replicas_of(s.kube, ns, name, "canary") == 0
+    # status is written before the children (crash safety): the canary's scale-down follows it
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
     error_rate = next(m for m in final["analysis"]["metrics"] if m["name"] == "error-rate")
     assert error_rate["phase"] == "Failed" and float(error_rate["value"]) > 0.05
     rolled_back = [h for h in final.get("history") or [] if h.get("outcome") == "RolledBack"]
@@ -263,7 +264,8 @@ def test_breach_rolls_back_and_reverts_the_canary_configmap(scenario: Scenario) 
     time.sleep(4)
     again = status(s.kube, ns, name)
     assert again["phase"] == "RolledBack" and again["stableVersion"] == "v1"
-    assert replicas_of(s.kube, ns, name, "canary") == 0
+    # status is written before the children (crash safety): the canary's scale-down follows it
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
 
 
 def test_no_traffic_is_inconclusive_then_paused_never_promoted(scenario: Scenario) -> None:
@@ -283,7 +285,8 @@ def test_no_traffic_is_inconclusive_then_paused_never_promoted(scenario: Scenari
     assert config_of(s.kube, ns, name, "stable")["version"] == "v1"
     assert not any(h.get("outcome") == "Promoted" and h.get("version") == "v2" for h in later.get("history") or [])
     # An unjudged canary holds no traffic (replicaRatio: no canary pod, stable at full size).
-    assert later["canaryWeight"] == 0 and replicas_of(s.kube, ns, name, "canary") == 0
+    assert later["canaryWeight"] == 0
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
     assert replicas_of(s.kube, ns, name, "stable") == 2
 
 
@@ -309,7 +312,8 @@ def test_prometheus_down_never_promotes(scenario: Scenario) -> None:
     assert later["phase"] == "Paused" and later["stableVersion"] == "v1"
     assert config_of(s.kube, ns, name, "stable")["version"] == "v1"
     # Prometheus down for a weekend is no canary serving 50% for a weekend.
-    assert later["canaryWeight"] == 0 and replicas_of(s.kube, ns, name, "canary") == 0
+    assert later["canaryWeight"] == 0
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
 
 
 def test_an_image_change_is_canaried_and_reaches_stable_only_at_promotion(scenario: Scenario) -> None:
@@ -351,7 +355,8 @@ def test_progress_deadline_rolls_back_canary_that_never_gets_ready(scenario: Sce
     assert "eadline" in text, final["conditions"]
     assert final["failedVersion"] == "v2" and final["stableVersion"] == "v1"
     assert config_of(s.kube, ns, name, "canary")["version"] == "v1"
-    assert replicas_of(s.kube, ns, name, "canary") == 0
+    # status is written before the children (crash safety): the canary's scale-down follows it
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
 
 
 def test_invalid_spec_gets_a_condition_creates_nothing_and_others_proceed(scenario: Scenario) -> None:
@@ -438,7 +443,8 @@ def test_manual_abort_then_retry(scenario: Scenario) -> None:
     aborted = s.phase(name, "RolledBack", timeout=30)
     assert aborted["failedVersion"] == "v2" and aborted["stableVersion"] == "v1"
     assert config_of(s.kube, ns, name, "canary")["version"] == "v1"
-    assert replicas_of(s.kube, ns, name, "canary") == 0
+    # status is written before the children (crash safety): the canary's scale-down follows it
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
     assert "asr.rollout.dev/abort" not in annotations_of(s, name)
 
     annotate(s, name, "retry", "true")
@@ -522,7 +528,8 @@ def test_operator_killed_in_every_phase_resumes_to_the_same_outcome(scenario: Sc
     assert final["failedVersion"] == "v3" and final["stableVersion"] == "v2"
     assert config_of(s.kube, ns, name, "canary")["version"] == "v2"
     assert config_of(s.kube, ns, name, "stable")["version"] == "v2"
-    assert replicas_of(s.kube, ns, name, "canary") == 0
+    # status is written before the children (crash safety): the canary's scale-down follows it
+    wait_for(lambda: replicas_of(s.kube, ns, name, "canary") == 0, 10, "the canary scaled to 0", context=s.log)
     entries = [h for h in final.get("history") or [] if h.get("version") == "v3"]
     assert [h["outcome"] for h in entries] == ["RolledBack"], entries
 

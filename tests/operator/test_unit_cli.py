@@ -44,6 +44,8 @@ def test_status_table_reads_at_a_glance() -> None:
                      "VERSION", "first version"):
         assert expected in text, expected
     assert "Phase:" in cli.format_status(rollout("fresh"))  # no status yet: still readable
+    scaling = {**STATUS, "weightApproximate": False, "effectiveCanaryWeight": 10, "pendingWeight": 50}
+    assert "10%, 50% once the canary pods for it are ready" in cli.format_status({**rollout("r"), "status": scaling})
 
 
 @pytest.fixture

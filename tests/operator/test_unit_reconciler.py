@@ -151,8 +151,14 @@ async def test_promotion_waits_for_the_stable_pods_to_serve_the_new_version(
     await rec.settle(ns, name)
     kube.patch(*RO, ns, name, {"spec": {"model": {"version": "v2", "path": "paraformer-tiny/v2"}}})
     await rec.settle(ns, name)
+    ready(kube, ns, name, "canary", 1)  # weight 0: one canary pod
+    await rec.settle(ns, name)
+    # 100% needs both canary pods: asked for first, the weight is written once they are ready
+    assert (kube.rollout(ns, name)["status"]["pendingWeight"], weights(kube, ns, name)["canary"]) == (100, 0)
+    assert kube.get("apps/v1", "deployments", ns, f"{name}-canary")["spec"]["replicas"] == 2
     ready(kube, ns, name, "canary", 2)
     await rec.settle(ns, name)
+    assert weights(kube, ns, name)["canary"] == 100
     await asyncio.sleep(1.05)
     metrics.stable_versions = {"v1": 2}
     await rec.settle(ns, name)

@@ -168,3 +168,90 @@ def test_limit_actions_default_to_pause_and_take_rollback() -> None:
 def test_gpu_memory_growth_is_a_builtin_metric() -> None:
     spec = parse_spec(with_("analysis.metrics", [{"name": "gpu-memory-growth-bytes-per-minute", "max": 100e6}]))
     assert [(m.kind, m.max) for m in spec.analysis.metrics] == [("gpu-memory-growth-bytes-per-minute", 100e6)]
+
+
+# --- the pod template: what it takes, and the operator's parts it cannot override -----------
+
+def server_with(**fields: Any) -> dict[str, Any]:
+    spec = base()
+    spec["server"] = {"image": "asr:0.1", "resources": {"limits": {"nvidia.com/gpu": 1}}, **fields}
+    return spec
+
+
+def pod_spec(**fields: Any) -> dict[str, Any]:
+    return server_with(podTemplate={"spec": fields})
+
+
+def server_container(**fields: Any) -> dict[str, Any]:
+    return pod_spec(containers=[{"name": "inference-server", **fields}])
+
+
+@pytest.mark.parametrize("spec,expected", [
+    (server_with(env=[{"name": "ASR_TRACK", "value": "evil"}]),
+     "spec.server.env[0].name: ASR_TRACK is the operator's"),
+    (server_with(env=[{"name": "ASR_PORT", "value": "9000"}]), "spec.server.env[0].name: ASR_PORT is the operator's"),
+    (server_with(env=[{"name": "ASR_DEVICE", "value": "cpu"}]),
+     "spec.server.env[0].name: ASR_DEVICE is set by the operator to `cuda` when the pod requests nvidia.com/gpu"),
+    (server_container(image="other:1"), "spec.server.podTemplate.spec.containers[0].image: write spec.server.image"),
+    (server_container(resources={}), "spec.server.podTemplate.spec.containers[0].resources: write spec.server.resources"),
+    (server_container(env=[]), "spec.server.podTemplate.spec.containers[0].env: write spec.server.env"),
+    (server_container(livenessProbe={}), "spec.server.podTemplate.spec.containers[0].livenessProbe: the operator sets"),
+    (server_container(lifecycle={}), "spec.server.podTemplate.spec.containers[0].lifecycle: the operator sets the preStop"),
+    (pod_spec(containers=[{"name": "server"}]), "spec.server.podTemplate.spec.containers[0].name: 'server': the "
+                                                "server container is named 'inference-server'"),
+    (pod_spec(containers=[{"name": "inference-server"}, {"name": "sidecar"}]), "sidecars are not supported"),
+    (pod_spec(volumes=[{"name": "models", "emptyDir": {}}]),
+     "spec.server.podTemplate.spec.volumes[0].name: 'models' is the operator's volume"),
+    (pod_spec(volumes=[{"name": "x", "emptyDir": {}}],
+              containers=[{"name": "inference-server", "volumeMounts": [{"name": "x", "mountPath": "/models/x"}]}]),
+     "spec.server.podTemplate.spec.containers[0].volumeMounts[0].mountPath: '/models/x' is inside the operator's mounts"),
+    (server_container(volumeMounts=[{"name": "model-config", "mountPath": "/cfg"}]),
+     "volumeMounts[0].name: 'model-config' is mounted by the operator"),
+    (server_container(volumeMounts=[{"name": "nowhere", "mountPath": "/x"}]),
+     "volumeMounts[0].name: 'nowhere' is not a volume of podTemplate.spec.volumes"),
+    (server_with(podTemplate={"metadata": {"labels": {"asr.rollout.dev/track": "stable"}}}),
+     "spec.server.podTemplate.metadata.labels[asr.rollout.dev/track]: set by the operator"),
+    (server_with(podTemplate={"metadata": {"labels": {"app.kubernetes.io/name": "x"}}}),
+     "spec.server.podTemplate.metadata.labels[app.kubernetes.io/name]: set by the operator"),
+    (server_with(podTemplate={"metadata": {"labels": {"team": "a b"}}}), "'a b' is not a valid label value"),
+    (server_with(podTemplate={"metadata": {"name": "x"}}), "spec.server.podTemplate.metadata.name: not taken"),
+    (pod_spec(terminationGracePeriodSeconds=5),
+     "spec.server.podTemplate.spec.terminationGracePeriodSeconds: the operator sets it from spec.server.preStopDelay"),
+    (pod_spec(hostNetwork=True), "spec.server.podTemplate.spec.hostNetwork: not taken by the operator"),
+    (pod_spec(tolerations={"key": "nvidia.com/gpu"}), "spec.server.podTemplate.spec.tolerations: must be a list"),
+    (pod_spec(securityContext={"runAsUser": 0}), "spec.server.podTemplate.spec.securityContext.runAsUser: 0 is root"),
+    (server_container(securityContext={"runAsUser": 0}), "containers[0].securityContext.runAsUser: 0 is root"),
+    (server_with(podTemplate={"spec": {}, "kind": "Pod"}), "spec.server.podTemplate.kind: unknown field"),
+    (server_with(startupTimeout="1s"), "spec.server.startupTimeout: '1s' is too short"),
+    (server_with(acceleratorResource="GPU!"), "spec.server.acceleratorResource: 'GPU!' is not valid"),
+    (server_with(disruptionBudget={"maxUnavailable": -1}), "spec.server.disruptionBudget.maxUnavailable"),
+    (with_("strategy.canaryReplicas", 0), "spec.strategy.canaryReplicas: 0 is under 1"),
+])
+def test_the_operators_parts_cannot_be_overridden(spec: dict[str, Any], expected: str) -> None:
+    assert expected in problems(spec)
+
+
+def test_root_is_allowed_when_asked_for_outright() -> None:
+    parsed = parse_spec(pod_spec(securityContext={"runAsUser": 0, "runAsNonRoot": False}))
+    assert parsed.server.pod_template["spec"]["securityContext"]["runAsUser"] == 0
+
+
+def test_canary_sizing_options_are_gateway_api_only() -> None:
+    spec = base()
+    spec["traffic"] = {"replicaRatio": {}}
+    spec["strategy"]["canaryReplicas"] = 1
+    assert "spec.strategy.canaryReplicas: works with traffic.gatewayAPI only" in problems(spec)
+    assert parse_spec(with_("strategy.canaryReplicas", 2)).strategy.canary_replicas == 2
+
+
+def test_the_pod_template_is_part_of_the_revision() -> None:
+    plain = parse_spec(base()).template
+    tolerated = parse_spec(pod_spec(tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}])).template
+    assert not tolerated.same_as(plain)
+    assert tolerated.changes_from(plain) == ["resources", "podTemplate.spec.tolerations"]
+    assert type(tolerated).from_status(tolerated.to_status()) == tolerated
+    # defaults are not written to status: a status from before these fields reads as the same template
+    assert "podTemplate" not in plain.to_status() and "startupTimeoutSeconds" not in plain.to_status()
+    slower = parse_spec(server_with(startupTimeout="30m")).template
+    assert slower.to_status()["startupTimeoutSeconds"] == 1800
+    assert slower.changes_from(parse_spec(server_with()).template) == ["startupTimeout"]

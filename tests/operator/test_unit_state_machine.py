@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from asr_operator.analysis.verdict import ERROR, FAILED, INCONCLUSIVE, SUCCESSFU
 from asr_operator.spec import InvalidSpec, ModelRef, PodTemplate, RolloutSpec, parse_spec
 from asr_operator.state_machine import (
     AnalysisRun, Decision, DeploymentState, EnsureConfigMap, EnsureDeployment, Observations, SetWeight,
-    decide, wants,
+    decide, desired_replicas, wants,
 )
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
@@ -78,6 +79,11 @@ class World:
     weights_seen: list[int] = field(default_factory=list)
     templates: dict[str, PodTemplate] = field(default_factory=dict)  # each Deployment's pod template
     broken: set[tuple[str, str]] = field(default_factory=set)  # (track, image) whose new pods never get ready
+    start_seconds: float = 0.0  # a new pod turns ready this long after it was asked for (a model load)
+    pod_starts: dict[str, list[datetime.datetime]] = field(default_factory=dict)
+    capacity_seen: list[int] = field(default_factory=list)  # ready stable + ready canary after each change
+    pods_seen: list[int] = field(default_factory=list)  # stable + canary pods asked for after each change
+    weight_raises: list[tuple[int, int]] = field(default_factory=list)  # (weight, ready canary pods) when raised
     old_pods: dict[str, int] = field(default_factory=dict)  # ready pods of a previous template, per track
 
     def spec(self) -> RolloutSpec | InvalidSpec:
@@ -132,6 +138,8 @@ class World:
         if children:
             for action in decision.actions:
                 if isinstance(action, SetWeight):
+                    if action.weight > (self.weight or 0):
+                        self.weight_raises.append((action.weight, self.ready.get("canary", 0)))
                     self.weight = action.weight
                     self.weights_seen.append(action.weight)
                 elif isinstance(action, EnsureConfigMap):
@@ -147,14 +155,27 @@ class World:
                             self.old_pods[track] = self.ready.get(track, 0) or self.old_pods.get(track, 0)
                         self.ready[track] = 0
                     elif self.pods_start:
-                        self.ready[track] = action.replicas
+                        starts = self.pod_starts.setdefault(track, [])
+                        del starts[action.replicas:]  # a scale-down takes the newest (unready) pods first
+                        starts.extend([self.now] * (action.replicas - len(starts)))
+                        self._mature(track)
                         self.old_pods.pop(track, None)
+                    self.capacity_seen.append(self.ready.get("stable", 0) + self.ready.get("canary", 0))
+                    self.pods_seen.append(sum(self.replicas.values()))
             if status:
                 for key in decision.remove_after:
                     self.annotations.pop(key, None)
 
+    def _mature(self, track: str) -> None:
+        if track in self.pod_starts:
+            self.ready[track] = sum(1 for started in self.pod_starts[track]
+                                    if (self.now - started).total_seconds() >= self.start_seconds)
+
     def tick(self, seconds: float = 0.0, analysis: Analysis | None = GOOD) -> Decision:
         self.now += datetime.timedelta(seconds=seconds)
+        for track in list(self.pod_starts):
+            if (track, self.templates[track].image) not in self.broken and self.pods_start:
+                self._mature(track)
         decision = self.decide(analysis)
         self.apply(decision)
         self.decisions.append(decision)
@@ -249,7 +270,7 @@ def test_happy_path_steps_weights_then_promotion_by_hot_reload() -> None:
     world.tick()
     assert world.phase == "Progressing"
     assert world.configmaps["canary"].version == "v2" and world.configmaps["stable"].version == "v1"
-    assert world.replicas["canary"] == 2
+    assert world.replicas["canary"] == 1  # weight 0: one canary pod (at least one while a canary exists)
     world.run(lambda w: w.phase == "Succeeded")
     # weights only ever went up through the steps, then back to 0 after the promotion
     distinct = [w for i, w in enumerate(world.weights_seen) if i == 0 or world.weights_seen[i - 1] != w]
@@ -536,7 +557,11 @@ def test_manual_pause_waits_for_promote() -> None:
     assert world.phase == "Paused" and world.weight == 20
     world.annotations["asr.rollout.dev/promote"] = "true"
     world.tick()
-    assert world.status["currentStep"] >= 2 and world.weight == 100
+    # 100% needs both canary pods: they are asked for first, the weight follows once they are ready
+    assert world.status["currentStep"] >= 2 and world.weight == 20 and world.status["pendingWeight"] == 100
+    assert world.replicas["canary"] == 2
+    world.tick()
+    assert world.weight == 100 and world.status.get("pendingWeight") is None
     world.run(lambda w: w.phase == "Succeeded")
 
 
@@ -818,13 +843,19 @@ def test_superseded_canary_gets_no_traffic_until_its_pods_serve_the_new_version(
     world.run(lambda w: w.phase == "Succeeded")
 
 
-def test_superseded_replica_ratio_canary_restarts_its_pods_instead_of_reloading() -> None:
+def test_superseded_replica_ratio_canary_keeps_its_pod_until_stable_is_back_then_reloads() -> None:
     world = canary_world(traffic="replicaRatio")
     world.run(lambda w: w.status.get("canaryWeight") == 50)
-    world.canary_serves = {}  # at weight 0 no canary pod runs, so none reports anything
+    assert world.replicas == {"stable": 1, "canary": 1}
+    world.canary_serves = {"v2": 1}  # the canary pod still serves v2 while it hot-reloads v3
     world.set_spec_version("v3")
     world.tick()
-    assert world.replicas["canary"] == 0
+    # weight 0: stable back to full size first; the canary pod stays until stable's pods are ready
+    assert world.replicas == {"stable": 2, "canary": 1} and world.weight == 0
+    for _ in range(3):  # the next step wants that pod at 10%, but not before it serves v3
+        world.tick(10)
+        assert world.weight == 0 and world.status["pendingWeight"] == 10 and world.replicas["canary"] == 1
+    world.canary_serves = {"v3": 1}
     world.run(lambda w: w.status.get("canaryWeight") == 10)
 
 
@@ -907,6 +938,10 @@ def test_an_image_change_is_canaried_and_stable_keeps_its_template_until_promoti
     ({"resources": {"limits": {"nvidia.com/gpu": 1}}}, ["resources"]),
     ({"env": [{"name": "ASR_LOAD_NICE", "value": "5"}]}, ["env"]),
     ({"image": "asr:0.3", "env": [{"name": "X", "value": "1"}]}, ["image asr:0.1 -> asr:0.3", "env"]),
+    ({"podTemplate": {"spec": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}},
+     ["podTemplate.spec.tolerations"]),
+    ({"podTemplate": {"metadata": {"annotations": {"a": "b"}}}, "startupTimeout": "20m"},
+     ["podTemplate.metadata.annotations", "startupTimeout"]),
 ])
 def test_every_pod_template_change_is_canaried_and_named(server: dict[str, Any], changes: list[str]) -> None:
     world = settled(World(rollout_spec("v1")))
@@ -1030,6 +1065,126 @@ def test_replica_ratio_scales_pods_and_says_the_weight_is_approximate() -> None:
     world.annotations["asr.rollout.dev/promote"] = "true"
     world.run(lambda w: w.phase == "Succeeded")
     assert world.replicas == {"stable": 2, "canary": 0}
+
+
+# --- canary sizing: pods follow the weight, traffic follows ready pods ----------------------
+
+RAMP = [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 25}, {"pause": {"duration": "1m"}},
+        {"setWeight": 50}, {"pause": {"duration": "1m"}}, {"setWeight": 100}, {"pause": {"duration": "1m"}}]
+
+
+def sized_world(traffic: str = "gatewayAPI", start_seconds: float = 45.0, replicas: int = 4,
+                **strategy: Any) -> World:
+    """v1 serving on `replicas` pods; new pods take `start_seconds` to turn ready."""
+    raw = rollout_spec("v1", RAMP, traffic)
+    raw["server"]["replicas"] = replicas
+    raw["strategy"].update(strategy, progressDeadlineSeconds=600)
+    world = settled(World(raw))
+    world.start_seconds = start_seconds
+    world.pod_starts = {track: [T0 - datetime.timedelta(hours=1)] * count for track, count in world.replicas.items()}
+    world.capacity_seen.clear()
+    world.pods_seen.clear()
+    world.set_spec_version("v2")
+    return world
+
+
+@pytest.mark.parametrize("weight,canary", [(0, 1), (1, 1), (10, 1), (25, 1), (26, 2), (50, 2), (75, 3), (100, 4)])
+def test_gateway_canary_replicas_follow_the_weight(weight: int, canary: int) -> None:
+    spec = parse_spec({**rollout_spec("v1"), "server": {"image": "asr:0.1", "replicas": 4}})
+    status = {"phase": "Progressing", "canaryModel": spec.model.to_status(), "canaryWeight": weight}
+    assert desired_replicas(spec, status) == (4, canary)
+    fixed = parse_spec({**rollout_spec("v1"), "server": {"image": "asr:0.1", "replicas": 4},
+                        "strategy": {"steps": [{"setWeight": 10}], "canaryReplicas": 2}})
+    assert desired_replicas(fixed, status) == (4, 2)
+    assert desired_replicas(spec, {**status, "phase": "Succeeded", "canaryModel": None}) == (4, 0)
+
+
+def test_gateway_weight_is_written_only_once_the_pods_that_carry_it_are_ready() -> None:
+    world = sized_world()
+    world.run(lambda w: w.phase == "Succeeded" and w.status["stableVersion"] == "v2", limit=2000)
+    raises = [(weight, ready) for weight, ready in world.weight_raises if weight > 0]
+    assert [weight for weight, _ in raises] == [10, 25, 50, 100]
+    assert all(ready >= math.ceil(4 * weight / 100) for weight, ready in raises), raises
+    assert max(world.pods_seen) == 4 + 4  # replicas + ceil(replicas x max weight / 100)
+    assert world.replicas == {"stable": 4, "canary": 0}  # back to replicas when done
+    scaling = [e for d in world.decisions for e in d.events if e.reason == "ScalingCanary"]
+    assert [e.message.split(" for ")[1].split("%")[0] for e in scaling] == ["50", "100"]
+
+
+def test_a_pending_weight_survives_a_restart_and_a_pause_drops_it() -> None:
+    world = sized_world()
+    world.run(lambda w: w.status.get("pendingWeight") == 50, limit=2000)
+    assert world.weight == 25 and world.replicas["canary"] == 2
+    restarted = world.decide()  # a new operator process: the same pending weight, the same pods
+    assert restarted.status["pendingWeight"] == 50
+    assert [a.replicas for a in restarted.actions if isinstance(a, EnsureDeployment) and a.track == "canary"] == [2]
+    world.annotations["asr.rollout.dev/abort"] = "true"
+    world.run(lambda w: w.phase == "RolledBack")
+    assert world.status.get("pendingWeight") is None and world.weight == 0 and world.replicas["canary"] == 0
+
+
+def test_a_canary_that_never_gets_its_extra_pods_rolls_back_at_the_deadline() -> None:
+    world = sized_world()
+    world.run(lambda w: w.status.get("canaryWeight") == 25, limit=2000)
+    world.pod_starts["canary"] = [T0 - datetime.timedelta(days=1)] * len(world.pod_starts["canary"])  # stays ready
+    world.start_seconds = (world.now - T0).total_seconds() + 10_000  # no free GPU for a second canary pod
+    world.run(lambda w: w.phase == "RolledBack", limit=2000)
+    assert condition(world, "Progressing")["reason"] == "ProgressDeadlineExceeded"
+    assert "1/2 ready" in condition(world, "Progressing")["message"]
+    assert 50 not in world.weights_seen  # the weight never went ahead of the pods
+
+
+def test_replica_ratio_stable_goes_down_only_once_the_canary_pods_taking_its_share_are_ready() -> None:
+    """Old code: stable 2 -> 1 while the canary stayed 0/1, for as long as the rollout paused."""
+    world = sized_world(traffic="replicaRatio")
+    world.run(lambda w: w.phase == "Succeeded" and w.status["stableVersion"] == "v2", limit=2000)
+    assert min(world.capacity_seen) >= 4, world.capacity_seen
+    assert min(world.pods_seen) >= 4 and 1 in {r for d in world.decisions for a in d.actions
+                                               if isinstance(a, EnsureDeployment) and a.track == "stable"
+                                               for r in [a.replicas]}
+    assert world.replicas == {"stable": 4, "canary": 0}
+
+
+def test_replica_ratio_rollback_scales_stable_up_before_the_canary_goes() -> None:
+    world = sized_world(traffic="replicaRatio")
+    world.run(lambda w: w.status.get("canaryWeight") == 50, limit=2000)
+    assert world.replicas == {"stable": 2, "canary": 2}
+    world.annotations["asr.rollout.dev/abort"] = "true"
+    decision = world.tick()
+    assert world.replicas == {"stable": 4, "canary": 2}  # the canary stays until stable's pods are ready
+    assert world.phase == "RollingBack"
+    assert decision.requeue_after is not None and decision.requeue_after <= 2  # and is looked at again soon
+    world.run(lambda w: w.phase == "RolledBack" and w.replicas["canary"] == 0, limit=2000)
+    assert world.replicas == {"stable": 4, "canary": 0}
+    assert min(world.capacity_seen) >= 4, world.capacity_seen
+
+
+def test_dynamic_stable_scale_keeps_the_peak_within_one_and_a_half_times_replicas() -> None:
+    world = sized_world(dynamicStableScale=True)
+    world.run(lambda w: w.phase == "Succeeded" and w.status["stableVersion"] == "v2", limit=2000)
+    assert max(world.pods_seen) == 6, world.pods_seen  # stable 2 (at 50%) + canary 4 (for 100%)
+    assert min(world.capacity_seen) >= 4, world.capacity_seen
+    raises = [(weight, ready) for weight, ready in world.weight_raises if weight > 0]
+    assert all(ready >= math.ceil(4 * weight / 100) for weight, ready in raises), raises
+    assert world.replicas == {"stable": 4, "canary": 0} and world.weight == 0
+
+
+def test_dynamic_stable_scale_rollback_returns_traffic_as_stable_pods_turn_ready() -> None:
+    world = sized_world(dynamicStableScale=True)
+    world.run(lambda w: w.status.get("canaryWeight") == 100 and w.replicas["stable"] == 1, limit=2000)
+    world.annotations["asr.rollout.dev/abort"] = "true"
+    world.tick()
+    assert world.phase == "RollingBack" and world.replicas["stable"] == 4
+    assert world.weight == 75  # stable's one ready pod carries a quarter; the rest stays where pods are
+    later = world.now + datetime.timedelta(hours=1)
+    for ready, weight in ((2, 50), (3, 25), (4, 0)):
+        world.pod_starts["stable"][:ready] = [world.now - datetime.timedelta(hours=1)] * ready  # turned ready
+        world.tick(1)
+        assert (world.weight, world.ready["stable"]) == (weight, ready)
+        assert world.ready["canary"] >= 4 - ready  # canary pods stay while they carry traffic
+    assert later > world.now
+    world.run(lambda w: w.phase == "RolledBack" and w.replicas["canary"] == 0)
+    assert world.replicas == {"stable": 4, "canary": 0}
 
 
 # --- restart safety -----------------------------------------------------------------------

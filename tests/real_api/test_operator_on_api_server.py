@@ -1,6 +1,6 @@
 """The operator against a real v1.28 control plane: what the emulator could never show.
 
-- `python -m asr_operator --namespace NS`, as the README gives it, without the KopfPeering object
+- `python -m asr_operator --namespace NS`, as docs/install-and-operate.md gives it, without the KopfPeering object
   only the chart creates: it must work (and say loudly what is missing), not idle silently.
 - A rollout whose HTTPRoute, or the whole Gateway API, does not exist: every other child is
   written, the condition and message name what is missing and what to apply, retries back off.
@@ -97,7 +97,7 @@ def phase_is(kube: KubeClient, namespace: str, name: str, *phases: str) -> Any:
 def test_the_readme_command_works_without_a_peering_object(
         control_plane: ControlPlane, kube: KubeClient, pods: FakePods, tmp_path: Path) -> None:
     ns = "readme-command"
-    # Exactly the README's command (plus free ports): peering on, scanning on, no KopfPeering.
+    # Exactly the command in docs/install-and-operate.md (plus free ports): peering on, scanning on, no KopfPeering.
     with operator_in(ns, control_plane, kube, pods, tmp_path / "operator.log", flags=()) as (process, _):
         kube.create(manual_rollout(ns, "meeting"))
         wait_for(lambda: phase_is(kube, ns, "meeting", "Succeeded"), 60, "the first version to succeed",

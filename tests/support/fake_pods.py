@@ -44,6 +44,7 @@ class VersionBehaviour:
     latency_seconds: float = 0.1
     real_time_factor: float = 0.1
     ready: bool = True  # False: the pods never pass their readiness probe
+    ready_delay_seconds: float = 0.0  # a new pod turns ready this long after it appeared (a slow model load)
 
 
 @dataclass
@@ -84,6 +85,10 @@ class FakePods:
         self._rollouts: dict[tuple[str, str], WatchedRollout] = {}
         self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}  # pod -> (metric, labels)
         self._info: dict[str, tuple[str, ...]] = {}  # pod -> model_info label values
+        # When each pod appeared: real pods by uid; the emulator's (no pods) as one start time per
+        # replica of a Deployment, newest last (a scale-down removes the newest, unready ones first).
+        self._pod_seen: dict[str, float] = {}
+        self._replica_starts: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
         self._background = LoopThread("fake-pods")
         self.loop = self._background.loop
@@ -204,9 +209,11 @@ class FakePods:
             behaviour = rollout.behaviour(version)
             replicas = int(((deployment or {}).get("spec") or {}).get("replicas") or 0) if deployment else 0
             if deployment is not None and self.kubelet:
-                await self._report_pods(ns, name, track, behaviour.ready and bool(version))
+                await self._report_pods(ns, name, track, behaviour.ready and bool(version),
+                                        behaviour.ready_delay_seconds)
             elif deployment is not None:
-                await self._report_readiness(deployment, replicas, behaviour.ready and bool(version))
+                await self._report_readiness(deployment, replicas, behaviour.ready and bool(version),
+                                             behaviour.ready_delay_seconds)
             with self._lock:
                 if version:
                     rollout.serving[track] = (str(config.get("name") or ""), version, str(config.get("sha256") or ""))
@@ -217,14 +224,20 @@ class FakePods:
                 if running:
                     self._serve_traffic(rollout, track, running, behaviour, elapsed)
 
-    async def _report_readiness(self, deployment: dict[str, Any], replicas: int, ready: bool) -> None:
+    async def _report_readiness(self, deployment: dict[str, Any], replicas: int, ready: bool,
+                                delay: float = 0.0) -> None:
         meta = deployment["metadata"]
+        starts = self._replica_starts.setdefault((meta["namespace"], meta["name"]), [])
+        now = time.monotonic()
+        del starts[replicas:]
+        starts.extend([now] * (replicas - len(starts)))
+        count = sum(1 for started in starts if now - started >= delay) if ready else 0
         desired = {
             "observedGeneration": meta.get("generation", 1),
             "replicas": replicas,
             "updatedReplicas": replicas,
-            "readyReplicas": replicas if ready else 0,
-            "availableReplicas": replicas if ready else 0,
+            "readyReplicas": count,
+            "availableReplicas": count,
         }
         current = deployment.get("status") or {}
         if all(current.get(k) == v for k, v in desired.items()):
@@ -235,15 +248,18 @@ class FakePods:
                                        headers={"Content-Type": "application/merge-patch+json"}) as response:
             response.raise_for_status()
 
-    async def _report_pods(self, namespace: str, rollout: str, track: str, ready: bool) -> None:
-        """The kubelet's part on a real API: every pod of the track Running, Ready or not."""
+    async def _report_pods(self, namespace: str, rollout: str, track: str, ready: bool, delay: float = 0.0) -> None:
+        """The kubelet's part on a real API: every pod of the track Running, Ready or not (a new
+        pod only `delay` seconds after it was first seen)."""
         assert self._session is not None
         selector = f"asr.rollout.dev/rollout={rollout},asr.rollout.dev/track={track}"
         pods = await self._get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}") or {}
+        now = time.monotonic()
         for pod in pods.get("items") or []:
             if pod["metadata"].get("deletionTimestamp"):
                 continue
-            await report_pod_status(self._session, self.api_url, pod, ready)
+            seen = self._pod_seen.setdefault(pod["metadata"]["uid"], now)
+            await report_pod_status(self._session, self.api_url, pod, ready and now - seen >= delay)
 
     def _set_pods(self, rollout: WatchedRollout, track: str, count: int) -> None:
         """Pods `R-track-0..count-1` exist and report the track's version; others are gone."""

@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Event": ("v1", "events"),
     "Deployment": ("apps/v1", "deployments"),
     "HTTPRoute": ("gateway.networking.k8s.io/v1", "httproutes"),
+    "PriorityClass": ("scheduling.k8s.io/v1", "priorityclasses"),
 }
 
 
@@ -69,6 +70,15 @@ class KubeClient:
         """A real API server needs the Namespace object (the emulator does not care)."""
         try:
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        except ApiError as error:
+            if error.status != 409:
+                raise
+
+    def ensure_priority_class(self, name: str, value: int = 1000) -> None:
+        """A cluster admin's part: a real API server refuses pods naming a missing PriorityClass."""
+        try:
+            self.create({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                         "metadata": {"name": name}, "value": value})
         except ApiError as error:
             if error.status != 409:
                 raise

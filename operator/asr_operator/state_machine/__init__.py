@@ -20,10 +20,12 @@ The modules, from the inside out:
 - `machine`: decide() and wants().
 """
 from .analysis_gate import analysis_due, seconds_until_analysis
-from .children_plan import desired_replicas
+from .children_plan import canary_pods_for, desired_replicas, replica_targets
 from .conditions import condition_of, set_condition
 from .controls import ABORT, ALERT, ANNOTATION_PREFIX, MANUAL_ANNOTATIONS, PAUSE, PROMOTE, RETRY, ROLLBACK_TO
-from .decision import Action, Decision, EmitEvent, EnsureConfigMap, EnsureDeployment, EnsureServices, SetWeight
+from .decision import (
+    Action, Decision, EmitEvent, EnsureConfigMap, EnsureDeployment, EnsureDisruptionBudgets, EnsureServices, SetWeight,
+)
 from .machine import decide, wants
 from .observations import AnalysisRun, DeploymentState, Needs, Observations
 from .phases import (
@@ -36,7 +38,7 @@ __all__ = [
     "PAUSE", "PAUSED", "PENDING", "POLL_SECONDS", "PROGRESSING", "PROMOTE", "PROMOTING", "RETRY", "ROLLBACK_TO",
     "ROLLED_BACK", "ROLLING_BACK", "SUCCEEDED",
     "Action", "AnalysisRun", "Decision", "DeploymentState", "EmitEvent", "EnsureConfigMap", "EnsureDeployment",
-    "EnsureServices", "Needs", "Observations", "SetWeight",
-    "analysis_due", "condition_of", "decide", "desired_replicas", "seconds_until_analysis", "set_condition",
+    "EnsureDisruptionBudgets", "EnsureServices", "Needs", "Observations", "SetWeight",
+    "analysis_due", "canary_pods_for", "condition_of", "decide", "desired_replicas", "replica_targets", "seconds_until_analysis", "set_condition",
     "wants",
 ]

@@ -116,6 +116,7 @@ def _limit_reached(tick: Tick, action: str, field: str, reason: str, message: st
         tick.rollback(f"{message} (spec.analysis.{field}: rollback)", reason)
         return True
     weight = int(tick.s.get("canaryWeight") or 0)
+    tick.s["pendingWeight"] = None
     if weight:
         tick.s["canaryWeight"] = 0
         tick.stamp("weightSetAt")

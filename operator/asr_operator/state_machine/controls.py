@@ -92,7 +92,7 @@ def _alert(tick: Tick, alert: dict[str, Any] | None) -> None:
 
 
 def _alert_action(tick: Tick, track: str, starts_at: str, described: str) -> str:
-    """What an alert does (README, "How the operator judges"). By its `track` label: canary
+    """What an alert does (docs/analysis.md, "How the operator judges"). By its `track` label: canary
     alerts roll the canary back; stable alerts revert a promotion inside the post-promotion
     window; no track: either, as the phase says. Never for an alert that started before the
     revision it would judge was serving (before the canary started, before the promotion)."""
@@ -216,9 +216,10 @@ def _resume(tick: Tick, why: str) -> None:
     weight = tick.step_weight()
     restored = ""
     if int(tick.s.get("canaryWeight") or 0) != weight:
-        tick.s["canaryWeight"] = weight
-        tick.stamp("weightSetAt")
-        restored = f", canary weight {weight}% restored and judged again"
+        if tick.raise_weight(weight, f"canary weight {weight}% restored"):
+            restored = f", canary weight {weight}% restored and judged again"
+        else:
+            restored = f", canary weight {weight}% restored once its pods are ready, then judged again"
     tick.enter(PROGRESSING, f"resumed: {why}{restored}")
     set_condition(tick.s, "Paused", False, "Resumed", why, tick.now)
     tick.event("Resumed", tick.s["message"])

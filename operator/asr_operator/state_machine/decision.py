@@ -35,19 +35,25 @@ class EnsureDeployment:
 
 
 @dataclass(frozen=True)
+class EnsureDisruptionBudgets:
+    """A PodDisruptionBudget per track (not part of the revision: it changes no pod)."""
+    max_unavailable: int | str
+
+
+@dataclass(frozen=True)
 class EmitEvent:
     type: str  # Normal | Warning
     reason: str
     message: str
 
 
-Action = EnsureServices | SetWeight | EnsureConfigMap | EnsureDeployment
+Action = EnsureServices | SetWeight | EnsureConfigMap | EnsureDeployment | EnsureDisruptionBudgets
 
 
 @dataclass(frozen=True)
 class Decision:
     status: dict[str, Any]
-    actions: tuple[Action, ...]  # in this order: services, weight, ConfigMaps, Deployments
+    actions: tuple[Action, ...]  # in this order: services, weight, ConfigMaps, Deployments, budgets
     events: tuple[EmitEvent, ...] = ()
     remove_before: tuple[str, ...] = ()  # manual annotations: removed before status is written
     remove_after: tuple[str, ...] = ()  # the alert annotation: removed after (fingerprint dedupes)

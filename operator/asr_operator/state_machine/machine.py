@@ -9,14 +9,14 @@ from typing import Any
 from ..spec import InvalidSpec, RolloutSpec
 from ..traffic.replica_ratio import split_replicas
 from .analysis_gate import analysis_due
-from .children_plan import desired_children, stable_pod_revision, stable_update_mode
+from .children_plan import desired_children, handing_over, routed_weight, stable_pod_revision, stable_update_mode
 from .conditions import condition_of, set_condition
 from .controls import apply_annotations
 from .decision import Decision, EmitEvent
 from .observations import Needs, Observations
 from .phase_handlers import advance, first_version
 from .phases import CANARY_PHASES, FAILED_PHASE, PENDING, PROMOTING, ROLLING_BACK
-from .tick import Tick
+from .tick import POLL_SECONDS, Tick
 
 
 def wants(spec: RolloutSpec | None, status: Mapping[str, Any], now: datetime.datetime) -> Needs:
@@ -59,9 +59,11 @@ def decide(spec: RolloutSpec | InvalidSpec, status: Mapping[str, Any] | None, ob
         advance(tick)
     _stable_update(tick, status.get("stableModel"))
     _common_status(tick)
+    if handing_over(spec, tick.s, tick.obs.stable, tick.obs.canary):
+        tick.wait(POLL_SECONDS)
     return Decision(
         status=tick.s,
-        actions=desired_children(spec, tick.s),
+        actions=desired_children(spec, tick.s, tick.obs.stable, tick.obs.canary),
         events=tuple(tick.events),
         remove_before=tuple(tick.remove_before),
         remove_after=tuple(tick.remove_after),
@@ -115,5 +117,5 @@ def _common_status(tick: Tick) -> None:
         s["effectiveCanaryWeight"] = split_replicas(tick.spec.server.replicas, weight).effective_weight
     else:
         s["weightApproximate"] = False
-        s["effectiveCanaryWeight"] = int(s.get("canaryWeight") or 0)
+        s["effectiveCanaryWeight"] = routed_weight(tick.spec, s, tick.obs.stable, tick.obs.canary)
     s.setdefault("counters", {"failed": 0, "inconclusive": 0, "errors": 0})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..durations import seconds_between
 from .analysis_gate import analysis_due, analysis_paused, gate_open, record_analysis, schedule_analysis
-from .children_plan import desired_replicas
+from .children_plan import desired_replicas, replica_targets
 from .conditions import condition_of, set_condition
 from .controls import PAUSE
 from .shadow_stage import run_shadow_step
@@ -123,24 +123,26 @@ def _promoting(tick: Tick) -> None:
 
 def _canary(tick: Tick) -> None:
     spec = tick.spec
-    _, canary_wanted = desired_replicas(spec, tick.s)
+    _, canary_wanted = replica_targets(spec, tick.s)
     canary_state = tick.obs.canary
     ready = canary_wanted == 0 or (canary_state is not None and canary_state.ready_for(canary_wanted))
     if ready and tick.s.get("canaryReloading"):
-        if canary_wanted == 0:
+        if canary_state is None or canary_state.replicas == 0:
             # No canary pod runs (replicaRatio at weight 0), so none can report a reload; pods
             # started later read the new ConfigMap from the start: their readiness says it then.
             tick.s["canaryReloading"] = None
-        else:
+        elif canary_wanted > 0:
             ready = _canary_reloaded(tick)
+        # else: a pod kept until stable is back to full size reloads meanwhile; checked once wanted
     deadline = spec.strategy.progress_deadline_seconds
     if not ready:
         if not tick.s.get("canaryUnreadySince"):
             tick.stamp("canaryUnreadySince")
         waited = seconds_between(tick.s.get("canaryUnreadySince"), tick.now) or 0.0
         if waited >= deadline:
-            tick.rollback(f"canary pods not ready after {deadline:g}s (progressDeadlineSeconds)",
-                          "ProgressDeadlineExceeded")
+            have = canary_state.current_ready if canary_state is not None else 0
+            tick.rollback(f"canary pods not ready after {deadline:g}s (progressDeadlineSeconds): "
+                          f"{have}/{canary_wanted} ready", "ProgressDeadlineExceeded")
             return
         tick.wait(min(POLL_SECONDS, deadline - waited))
     else:
@@ -155,6 +157,10 @@ def _canary(tick: Tick) -> None:
     if user_paused(tick):
         schedule_analysis(tick)  # still judged: a failing canary rolls back while paused
         return
+    held = int(tick.s.get("canaryWeight") or 0) > 0 and not gate_open(tick)  # judged before it moves on
+    if ready and tick.s.get("pendingWeight") is not None and not held:
+        pending = int(tick.s["pendingWeight"])  # the pods for it are ready now: the weight follows
+        tick.raise_weight(pending, f"canary weight {pending}%: its pods are ready")
     if ready:
         _run_steps(tick)
     schedule_analysis(tick)
@@ -214,9 +220,8 @@ def _run_steps(tick: Tick) -> None:
             if weight != step.set_weight:
                 if weight > 0 and not gate_open(tick):
                     return  # every weight is judged: held until an analysis taken at it passes
-                tick.s["canaryWeight"] = step.set_weight
-                tick.stamp("weightSetAt")
-                tick.event("SetWeight", f"step {index}: canary weight {step.set_weight}%")
+                if not tick.raise_weight(step.set_weight, f"step {index}: canary weight {step.set_weight}%"):
+                    return  # the canary is scaled for it first; the weight follows once its pods are ready
             tick.s["currentStep"] = index + 1
             tick.stamp("stepStartedAt")
             tick.enter(PROGRESSING, f"canary {tick.s.get('canaryVersion')} at {step.set_weight}%")

@@ -6,12 +6,14 @@ any way (its end, promotion, rollback, abort, a new canary) stops the copies."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..durations import format_time, seconds_between
 from ..spec import Step
 from .phases import CANARY_PHASES, PROGRESSING
-from .tick import Tick
+
+if TYPE_CHECKING:  # tick imports children_plan, which imports this module
+    from .tick import Tick
 
 
 def shadow_percent(status: Mapping[str, Any]) -> int | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..durations import format_time
 from ..spec import ModelRef, PodTemplate, RolloutSpec
+from .children_plan import canary_pods_for
 from .conditions import set_condition
 from .decision import EmitEvent
 from .observations import Observations
@@ -128,6 +129,27 @@ class Tick:
         entries.append(history_entry(model, outcome, reason, self.now, template, changes))
         self.s["history"] = entries[-HISTORY_LIMIT:]
 
+    def raise_weight(self, weight: int, message: str) -> bool:
+        """Send `weight` percent to the canary once its ready pods carry it. Until then the
+        canary is sized for it (status.pendingWeight) and the written weight stays. True when
+        the weight was written now."""
+        needed = canary_pods_for(self.spec, weight)
+        canary = self.obs.canary
+        current = int(self.s.get("canaryWeight") or 0)
+        unready = canary is None or not canary.ready_for(needed) or bool(self.s.get("canaryReloading"))
+        if weight > current and needed > 0 and unready:
+            if self.s.get("pendingWeight") != weight:
+                self.s["pendingWeight"] = weight
+                self.event("ScalingCanary", f"canary scaled to {needed} pod(s) for {weight}%; the weight follows "
+                                            "once they are ready")
+            self.wait(POLL_SECONDS)
+            return False
+        self.s["pendingWeight"] = None
+        self.s["canaryWeight"] = weight
+        self.stamp("weightSetAt")
+        self.event("SetWeight", message)
+        return True
+
     def step_weight(self) -> int:
         """The weight the steps done so far set: what a paused canary gets back on resume."""
         done = self.spec.strategy.steps[:int(self.s.get("currentStep") or 0)]
@@ -148,7 +170,8 @@ class Tick:
         self.s.update(canaryModel=model.to_status(), canaryVersion=model.version, canaryWeight=0,
                       canaryTemplate=template.to_status(), canaryChanges=changes,
                       currentStep=0, counters={"failed": 0, "inconclusive": 0, "errors": 0},
-                      analysis={}, failedSpec=None, canaryReloading=reload or None, shadow=None)
+                      analysis={}, failedSpec=None, canaryReloading=reload or None, shadow=None,
+                      pendingWeight=None)
         # New canary pods are not ready yet: the progress deadline counts from now.
         for key in ("stepStartedAt", "rolloutStartedAt", "weightSetAt", "canaryUnreadySince"):
             self.stamp(key)
@@ -179,7 +202,7 @@ class Tick:
         self.s["failedSpec"] = self.spec.fingerprint if failed else None
         self.s.update(canaryWeight=0, canaryModel=None, canaryVersion=None, canaryUnreadySince=None,
                       previousStableModel=None, canaryTemplate=None, previousStableTemplate=None,
-                      canaryChanges=None, shadow=None)
+                      canaryChanges=None, shadow=None, pendingWeight=None)
         self.stamp("rolledBackAt")
         self.enter(ROLLING_BACK, f"rolling back {canary.version if canary else ''}: {reason}".strip())
         set_condition(self.s, "Progressing", False, condition_reason, reason, self.now)
@@ -193,6 +216,7 @@ class Tick:
         assert canary is not None
         self.s["previousStableModel"] = self.s.get("stableModel")
         self.s["previousStableTemplate"] = self.s.get("stableTemplate")
+        self.s["pendingWeight"] = None
         self.s["stableModel"] = canary.to_status()
         self.s["stableVersion"] = canary.version
         self.s["shadow"] = None  # a promote annotation may skip a running shadow stage
@@ -214,7 +238,7 @@ class Tick:
         self.history(canary, "Promoted", how, self.canary_template, self.s.get("canaryChanges"))
         self.s.update(canaryWeight=0, canaryModel=None, canaryVersion=None, previousStableModel=None,
                       canaryTemplate=None, previousStableTemplate=None, canaryChanges=None,
-                      failedSpec=None, failedVersion=None)
+                      failedSpec=None, failedVersion=None, pendingWeight=None)
         self.stamp("promotedAt")
         self.enter(SUCCEEDED, f"{canary.version} promoted: {how}")
         set_condition(self.s, "Progressing", False, "Promoted", self.s["message"], self.now)

@@ -81,6 +81,10 @@ Peering rules are added by rbac.yaml for the mode in use.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
+# A PodDisruptionBudget per track, owned by the rollout.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch"]
 # Gateway API router: only the backendRef weights of the HTTPRoute named in the spec.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
