@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                              "stage: what it catches, how fast, what it costs stable's users); default all")
     parser.add_argument("--shadow-pairs", type=int, default=6,
                         help="shadow side: (off, on) block pairs for shadow_user_p99_ratio")
+    parser.add_argument("--shadow-percent", type=int, default=100,
+                        help="shadow side: the share of stable's requests copied for shadow_user_p99_ratio")
     parser.add_argument("--shadow-block-s", type=float, default=15.0,
                         help="shadow side: seconds of load per block for shadow_user_p99_ratio")
     parser.add_argument("--kubelet-sync-period", type=float, default=60.0,

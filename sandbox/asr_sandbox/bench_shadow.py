@@ -9,8 +9,8 @@ what it costs. JSON lines `{"bench": NAME, "side": "shadow", "value": NUMBER, "t
 - shadow_detect_seconds: the first copy the sandbox's Service proxy carried to the canary ->
   the rollout seen RolledBack (probed ten times a second), per bad version; target <= 15 s at
   the demo's 5 s analysis interval;
-- shadow_user_p99_ratio: user-visible p99 latency on a stable server with copies on (100 % of
-  its requests, the worst case) vs off, under the same open-loop load, alternating blocks; the
+- shadow_user_p99_ratio: user-visible p99 latency on a stable server with copies on (by default
+  of 100 % of its requests, the worst case; `--shadow-percent`) vs off, under the same open-loop load, alternating blocks; the
   canary server pinned to CPU core 1, the stable server and the load generator to core 0
   (os.sched_setaffinity, inherited by the processes started under it); the value is the pooled
   p99 ratio with a paired bootstrap 95 % interval over the (off, on) block pairs; target <= 1.05.
@@ -157,7 +157,8 @@ def p99_lines(args: argparse.Namespace, log: TextIO) -> tuple[list[dict[str, Any
         except BaseException:
             _pin(original)
             raise
-        on_config = {**base, "shadow": {"url": canary.url, "percent": 100}}
+        percent = getattr(args, "shadow_percent", 100)
+        on_config = {**base, "shadow": {"url": canary.url, "percent": percent}}
         try:
             for index in range(args.shadow_pairs):
                 order = ("off", "on") if index % 2 == 0 else ("on", "off")  # ABBA: drift cancels
@@ -189,6 +190,6 @@ def p99_lines(args: argparse.Namespace, log: TextIO) -> tuple[list[dict[str, Any
             "p50_off_s": round(percentile(off_all, 50), 4), "p50_on_s": round(percentile(on_all, 50), 4),
             "requests_off": len(off_all), "requests_on": len(on_all),
             "copies_sent_on": int(copies["on"]), "copies_sent_off": int(copies["off"]),
-            "pairs": len(pairs), "block_s": args.shadow_block_s, "rate": args.rate, "percent": 100,
+            "pairs": len(pairs), "block_s": args.shadow_block_s, "rate": args.rate, "percent": percent,
             "cpus": how}
     return [line], copies["on"] > 0 and copies["off"] == 0

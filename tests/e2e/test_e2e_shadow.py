@@ -19,7 +19,8 @@ import yaml
 from asr_sandbox import scenarios as sc
 from asr_sandbox.report import unexpected_failures
 from asr_sandbox.sandbox import Sandbox
-from asr_sandbox.story import StoryRun, run_story
+from asr_sandbox.story import ScenarioRun, StoryRun, run_story
+from asr_sandbox.traffic import RequestRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSETS = REPO_ROOT / ".assets"
@@ -44,11 +45,11 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StoryRun, 
     yield run, stable_config
 
 
-def _run(story: StoryRun, key: str):  # type: ignore[no-untyped-def]
+def _run(story: StoryRun, key: str) -> ScenarioRun:
     return next(r for r in story.runs if r.scenario.key == key)
 
 
-def _in(story: StoryRun, run) -> list:  # type: ignore[no-untyped-def,type-arg]
+def _in(story: StoryRun, run: ScenarioRun) -> list[RequestRecord]:
     return [r for r in story.records if run.started <= r.started <= run.ended]
 
 
