@@ -336,6 +336,8 @@ async def admin_config(request: web.Request) -> web.StreamResponse:
         raise APIError(400, "a pushed model config needs a 'revision' (the operator's write counter): "
                             "without one it cannot be ordered against the mounted file", type="invalid_config")
     admission = state.config_gate.admit(config, "pushed")
+    if state.shadow is not None:  # the copy setting rides on the same revision (no model reload)
+        state.shadow.take_text(text, "pushed")
     if admission.verdict != APPLY:
         return web.json_response({**outcome_of(admission, config).as_dict(), "revision": admission.newest})
     task = asyncio.get_running_loop().create_task(state.config_gate.apply(config))

@@ -3,8 +3,11 @@ with their own transcript, to the canary; the canary transcribes the copy, score
 against stable's and exports shadow metrics apart from user traffic (docs/contracts.md).
 
 Stable side (`ShadowCopier`): the setting is the model config's `shadow:` key ({url, percent}),
-written by the operator into the stable ConfigMap only while a shadow stage runs, and re-read
-from the file like the model path (no restart; its removal stops the copies). A copy is queued
+written by the operator into the stable ConfigMap only while a shadow stage runs, and taken
+like the model path from whichever source carries the newer `revision`: the operator's push
+(`PUT /admin/config`, seconds) or the mounted file (the kubelet's copy, up to a minute and more
+later). No restart; its removal stops the copies; a late file copy of an older revision never
+turns copies back on. A copy is queued
 only after the user's answer was written, leaves through a bounded queue served by a fixed
 number of senders (a full queue drops the copy and counts it), and its outcome is counted:
 sent, shed (the canary answered 503: load shedding, not a model error), failed, dropped.
@@ -68,11 +71,29 @@ def read_shadow(config_path: Path) -> ShadowSetting | None:
     """The shadow setting in the config file; None when absent, unreadable or malformed (copies
     are an optional extra: a bad setting stops them and is logged, it never fails the model)."""
     try:
-        data = yaml.safe_load(Path(config_path).read_text())
-        return parse_shadow(data.get("shadow") if isinstance(data, dict) else None, str(config_path))
-    except (OSError, yaml.YAMLError, ShadowConfigError) as exc:
+        text = Path(config_path).read_text()
+    except OSError as exc:
         log.warning("no shadow copies: %s", exc)
         return None
+    return shadow_of_text(text, str(config_path))[0]
+
+
+def shadow_of_text(text: str, source: str) -> tuple[ShadowSetting | None, int | None]:
+    """(shadow setting, revision) of a model config's text; a malformed setting is None (logged)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        log.warning("no shadow copies: %s: %s", source, exc)
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    revision = data.get("revision")
+    revision = revision if isinstance(revision, int) and not isinstance(revision, bool) else None
+    try:
+        return parse_shadow(data.get("shadow"), source), revision
+    except ShadowConfigError as exc:
+        log.warning("no shadow copies: %s", exc)
+        return None, revision
 
 
 def is_sampled(sequence: int, percent: int) -> bool:
@@ -127,8 +148,29 @@ class ShadowCopier(BackgroundLoop):
         self.timeout_s = timeout_s
         self.setting: ShadowSetting | None = None
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(maxsize=max_queue)
+        self.revision: int | None = None  # the revision the setting was taken from
         self._sequence = 0
         self._raw: bytes | None = None
+
+    def take(self, setting: ShadowSetting | None, revision: int | None, source: str) -> bool:
+        """Apply the setting of a config carrying `revision`, unless a newer revision was taken
+        (the rule of `inference_server.config_revision.admit`; a config without a revision, e.g.
+        a hand-written file, is applied). True when applied."""
+        if revision is not None and self.revision is not None and revision < self.revision:
+            log.info("%s shadow setting of revision %s ignored: revision %s is newer", source, revision,
+                     self.revision)
+            return False
+        if revision is not None:
+            self.revision = revision
+        if setting != self.setting:
+            log.info("shadow copies %s (%s)", f"on: {setting.percent}% to {setting.url}" if setting else "off",
+                     source)
+        self.setting = setting
+        return True
+
+    def take_text(self, text: str, source: str) -> bool:
+        setting, revision = shadow_of_text(text, source)
+        return self.take(setting, revision, source)
 
     def refresh(self) -> None:
         """Re-read the setting when the config file's bytes changed."""
@@ -138,10 +180,7 @@ class ShadowCopier(BackgroundLoop):
             return  # mid-swap: keep the last setting
         if raw != self._raw:
             self._raw = raw
-            setting = read_shadow(self.config_path)
-            if setting != self.setting:
-                log.info("shadow copies %s", f"on: {setting.percent}% to {setting.url}" if setting else "off")
-            self.setting = setting
+            self.take_text(raw.decode("utf-8", errors="replace"), "file")
 
     def wants_copy(self) -> bool:
         """Counts the request; True when this one is to be copied."""
@@ -162,7 +201,10 @@ class ShadowCopier(BackgroundLoop):
 
     async def _loop(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # trust_env: HTTP(S)_PROXY / NO_PROXY from the pod's env apply to copies. Where a cluster
+        # sets a proxy, NO_PROXY must hold `.svc` (and `.cluster.local`), else copies to the
+        # canary Service go out through the proxy (docs/shadow.md).
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
             senders = [asyncio.create_task(self._send_loop(session)) for _ in range(self.concurrency)]
             try:
                 while True:

@@ -1,7 +1,7 @@
 """`make bench-e2e`: end-to-end times of the rollout story in the local sandbox, with the
 kubelet's ConfigMap delay on (asr_sandbox.node_agent.KubeletDelay: up to 60 s + jitter per pod).
 
-    python -m asr_sandbox.bench_e2e --assets .assets [--sides before,after] [--kubelet-sync-period 60]
+    python -m asr_sandbox.bench_e2e --assets .assets [--sides before,after,shadow] [--kubelet-sync-period 60]
 
 Both sides run in one process, one sandbox each: `before` with the operator's config push off
 (only the kubelet's copy of the ConfigMap carries a change, as before issue 17), `after` with it
@@ -16,6 +16,8 @@ on. Each side runs v2 (promoted) and v3 (promoted, then an Alertmanager alert re
   on stable; target interval x (failureLimit + 1) + 5 s = 20 s;
 - requests_failed_during_rollback / requests_lost: what clients saw (lost: no answer at all);
 - ratio lines: before / after for the two times above.
+The `shadow` side (issue 14; asr_sandbox.bench_shadow) adds failed_user_requests_broken_version,
+user_answers_from_bad_version, shadow_detect_seconds and shadow_user_p99_ratio.
 The progress deadline is raised to 240 s on both sides so that the `before` side's promotions
 wait out the kubelet instead of timing out; the steps stop at 50 % (see `run_side`).
 """
@@ -176,15 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assets", type=Path, default=Path(".assets"))
     parser.add_argument("--rate", type=float, default=3.0, help="requests per second of traffic")
-    parser.add_argument("--sides", default="before,after",
-                        help="comma-separated: before (config push off), after (on); default both")
+    parser.add_argument("--sides", default="before,after,shadow",
+                        help="comma-separated: before (config push off), after (on), shadow (the shadow "
+                             "stage: what it catches, how fast, what it costs stable's users); default all")
+    parser.add_argument("--shadow-pairs", type=int, default=6,
+                        help="shadow side: (off, on) block pairs for shadow_user_p99_ratio")
+    parser.add_argument("--shadow-percent", type=int, default=100,
+                        help="shadow side: the share of stable's requests copied for shadow_user_p99_ratio")
+    parser.add_argument("--shadow-block-s", type=float, default=15.0,
+                        help="shadow side: seconds of load per block for shadow_user_p99_ratio")
     parser.add_argument("--kubelet-sync-period", type=float, default=60.0,
                         help="the emulated kubelet's sync period in seconds (0: ConfigMaps reach pods at once)")
     parser.add_argument("--verbose", action="store_true", help="show the live timeline on stderr")
     args = parser.parse_args(argv)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if not sides or set(sides) - {"before", "after"}:
-        parser.error(f"--sides {args.sides!r}: use before, after or before,after")
+    if not sides or set(sides) - {"before", "after", "shadow"}:
+        parser.error(f"--sides {args.sides!r}: a comma-separated list of before, after, shadow")
 
     from asr_sandbox.demo_assets import build_demo_models
 
@@ -192,10 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     log: TextIO = sys.stderr if args.verbose else io.StringIO()
     results: dict[str, dict[str, float | None]] = {}
     ok = True
+    failed_without_stage = None
     for side in sides:
-        lines, side_ok = run_side(side, args, log)
+        if side == "shadow":
+            from asr_sandbox.bench_shadow import p99_lines, stage_lines
+
+            lines, side_ok = stage_lines(args, log)
+            for line in lines:
+                if line["bench"] == "failed_user_requests_broken_version" and failed_without_stage is not None:
+                    line["without_stage"] = failed_without_stage  # the after side's v3-broken, same binary
+            more, p99_ok = p99_lines(args, log)
+            lines, side_ok = lines + more, side_ok and p99_ok
+        else:
+            lines, side_ok = run_side(side, args, log)
         ok = ok and side_ok
         for line in lines:
+            if line["bench"] == "requests_failed_during_rollback":
+                failed_without_stage = line["value"]
             print(json.dumps(line), flush=True)
             if line["bench"] in ("promotion_seconds", "post_promotion_revert_seconds"):
                 results.setdefault(side, {})[" ".join(filter(None, (line["bench"], line.get("version"))))] = line["value"]

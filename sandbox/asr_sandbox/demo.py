@@ -2,13 +2,17 @@
 
     python -m asr_sandbox.demo --assets .assets              # the local sandbox (about 5 minutes)
     python -m asr_sandbox.demo --short                       # v2 promoted + the error-rate rollback
+    python -m asr_sandbox.demo --shadow-only                 # the shadow stage's three scenarios
     python -m asr_sandbox.demo --kubeconfig ~/.kube/config   # a real cluster: apply the examples
     python -m asr_sandbox.demo --server-only                 # the inference server's own short story
 
 The sandbox (asr_sandbox.sandbox): the kmock API emulator, the operator unchanged as a
 subprocess, a node agent running every pod as a real inference server, a gateway routing by
-the HTTPRoute weights, a real Prometheus, and real audio as traffic. The story
-(asr_sandbox.scenarios): v1 serving; v2 promoted by hot reload; a corrupt, a failing and a slow
+the HTTPRoute weights, a real Prometheus, and real audio as traffic (mocked: the Kubernetes API
+(kmock), and a Service proxy standing in for cluster DNS + kube-proxy). The story
+(asr_sandbox.scenarios): v1 serving; three versions judged first in a shadow stage on copies of
+stable's requests (a broken one and one whose transcripts drift, both rolled back before any
+user gets their answers, and a good one that goes on to its weights); v2 promoted by hot reload; a corrupt, a failing and a slow
 version each rolled back by a different guard; a modestly slower version, inside every absolute
 bound, rolled back by its real-time factor against stable's; a promoted version reverted by an
 alert.
@@ -34,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--assets", type=Path, default=Path(".assets"), help="generated models and audio")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="where the report folder goes")
     parser.add_argument("--short", action="store_true", help="only v2 (promoted) and the error-rate rollback")
+    parser.add_argument("--shadow-only", action="store_true",
+                        help="only the shadow-stage scenarios: a broken and a drifting version rolled back "
+                             "before any user gets their answers, a good one through to promotion (~2 min)")
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="requests per second of traffic")
     parser.add_argument("--kubeconfig", type=Path, help="a real cluster: apply the example rollouts there")
     parser.add_argument("--examples", type=Path, nargs="*",
@@ -59,7 +66,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
 
     print("building models and audio (idempotent) ...", flush=True)
     build_demo_models(args.assets)
-    story = sc.SHORT_STORY if args.short else sc.STORY
+    story = sc.SHORT_STORY if args.short else sc.SHADOW_STORY if args.shadow_only else sc.FULL_STORY
     settings = sc.DemoSettings()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = args.reports / f"demo-{stamp}"
@@ -74,13 +81,20 @@ def run_sandbox(args: argparse.Namespace) -> int:
                      f"progressDeadlineSeconds {settings.progress_deadline_s}, error rate <= {settings.max_error_rate}, "
                      f"p99 <= {settings.max_p99_latency_s} s, real-time factor <= {settings.max_real_time_factor} "
                      f"and <= {settings.max_real_time_factor_ratio}x stable's, steps {list(settings.steps)}, traffic {args.rate:g} req/s, "
-                     f"kubelet ConfigMap sync period {args.kubelet_sync_period:g} s (+ jitter) with the operator's config push")
+                     f"kubelet ConfigMap sync period {args.kubelet_sync_period:g} s (+ jitter) with the operator's config push; "
+                     f"shadow scenarios: a shadow stage of {settings.shadow_percent}% for {settings.shadow_duration} first, "
+                     f"shadow error rate <= {settings.max_shadow_error_rate}, shadow CER vs stable <= {settings.max_shadow_cer}")
     # The plot draws the bounds the scenarios' analysis uses (scenarios.rollout_manifest).
     thresholds = {"error-rate": settings.max_error_rate, "p99-latency-seconds": settings.max_p99_latency_s}
     report = write_report(folder, result, summaries, outcome, settings_text, thresholds=thresholds)
     print()
     print("\n".join(table(summaries)))
     print()
+    for run in result.runs:
+        if run.scenario.shadow:
+            print(f"shadow stage, {run.scenario.title}: {run.shadow_copies} copies to the canary, "
+                  f"{run.user_answers_from_version} user answers from it, {run.failed_user_requests} failed user "
+                  f"requests, {run.ended - run.started:.1f} s")
     lost = sum(r.lost for r in result.records)
     print(f"requests: {len(result.records)} sent, {lost} lost; pod restarts: {sum(result.restarts.values())}")
     print(f"report: {report} (plot: {report.parent / 'timeline.png'})")

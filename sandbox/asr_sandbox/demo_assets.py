@@ -14,6 +14,10 @@ failing in its own way, built with the asset builder's own Paraformer recipe.
     models/paraformer-tiny/sluggish/ the same idea, smaller: about 4x v1's processing time, yet its
                                      p99 and real-time factor stay well inside the absolute
                                      bounds -> caught only by real-time-factor maxRatio vs stable
+    models/paraformer-tiny/drift/    a correct, fast model with other random weights (seed 6): it
+                                     verifies, warms up and answers 200 as fast as v1, but says
+                                     something else -> caught only by the shadow stage's CER
+                                     against stable's transcripts
     models/paraformer-tiny/corrupt/  (from asr_sandbox.assets) fails verification, never ready
                                      -> caught by the progress deadline
 
@@ -53,6 +57,8 @@ SLOW_BLOCKS = 16
 # median 0.38 s a request against v1's 0.10 s, `slow`'s 1.4 s.
 SLUGGISH_WIDTH = 256
 SLUGGISH_BLOCKS = 8
+# `drift`: v1's recipe with other weights (v1 is seed 1, v2 seed 2).
+DRIFT_SEED = 6
 
 
 def broken_tokens() -> list[Any]:
@@ -100,6 +106,7 @@ def build_demo_models(out: Path) -> dict[str, Path]:
     paths[f"{MODEL_NAME}/sluggish"] = _build(
         base / "sluggish",
         lambda d: assets.write_paraformer(d, 5, cmvn, cfg=slow_config(SLUGGISH_WIDTH, SLUGGISH_BLOCKS)))
+    paths[f"{MODEL_NAME}/drift"] = _build(base / "drift", lambda d: assets.write_paraformer(d, DRIFT_SEED, cmvn))
     return paths
 
 

@@ -170,7 +170,10 @@ class NodeAgent:
     def __init__(self, api_url: str, namespace: str, rollout: str, models_root: Path, workdir: Path,
                  prometheus: PrometheusRunner | None = None, poll_s: float = 0.3,
                  extra_server_args: list[str] | None = None, kubelet_delay: KubeletDelay = KubeletDelay(),
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, extra_env: dict[str, str] | None = None) -> None:
+        # extra_env: set in every pod's env before the template's own (the sandbox's HTTP_PROXY
+        # to its Service proxy: asr_sandbox.service_proxy).
+        self.extra_env = dict(extra_env or {})
         self.api_url = api_url.rstrip("/")
         self.namespace = namespace
         self.rollout = rollout
@@ -362,7 +365,7 @@ class NodeAgent:
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"]) or {}
             mounts[mount["mountPath"]] = pod.config_dir.root if "configMap" in volume else self.models_root
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env,
                    **resolve_env(container.get("env") or [], self.namespace, pod.name, self._secret_value))
         if pod.port is None:
             pod.port = free_port()  # the pod's own port for its whole life (its "pod IP")

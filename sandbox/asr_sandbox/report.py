@@ -64,7 +64,9 @@ def summarize(run: ScenarioRun, records: Sequence[RequestRecord], weight_log: Se
             note = f"from the alert to the first answer from {run.previous_stable}"
     elif s.expect != PROMOTED:
         first = first_canary_request(records, run.started, run.ended)
-        if first is None:
+        if first is None and s.shadow:
+            note = "no user request reached it (judged on copies in the shadow stage)"
+        elif first is None:
             note = "no request reached it (never ready, never given traffic)"
         else:
             restored = traffic_restored_at(weight_log, first)

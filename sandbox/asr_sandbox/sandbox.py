@@ -4,6 +4,9 @@
   HTTP, with the ASRModelRollout CRD registered, and a kubeconfig pointing at it;
 - a real Prometheus (file_sd targets: every pod and the operator's metrics port);
 - the node agent (pods as real inference-server processes) and the gateway;
+- a Service proxy (MOCKED: cluster DNS + kube-proxy) that the pods get as HTTP_PROXY, so a
+  stable pod's shadow copies to `http://R-canary.NS.svc:8000` reach the canary pods
+  (`asr_sandbox.service_proxy`);
 - the operator, unchanged, as a subprocess: `python -m asr_operator --standalone
   --disable-scanning --namespace NS`, talking to the emulator through the kubeconfig.
 Everything is stopped on exit, also on Ctrl-C or an error.
@@ -28,6 +31,7 @@ from asr_sandbox.node_agent import KubeletDelay, NodeAgent
 from asr_sandbox.paths import CRD_PATH, REPO_ROOT
 from asr_sandbox.processes import free_port, stop_process_group
 from asr_sandbox.prometheus_runner import PrometheusRunner
+from asr_sandbox.service_proxy import ServiceProxy
 
 # kind -> (API prefix, plural) for what the demo creates.
 RESOURCES = {
@@ -155,9 +159,13 @@ class Sandbox:
         self.kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", self.emulator.url, self.namespace)
         self.api = Api(self.emulator.url)
         self.prometheus = self._stack.enter_context(PrometheusRunner(self.workdir / "prometheus"))
+        self.service_proxy = self._stack.enter_context(ServiceProxy(
+            self.namespace, self.rollout, lambda track: self.agent.endpoints(track)))
+        proxy_env = {"HTTP_PROXY": self.service_proxy.url, "http_proxy": self.service_proxy.url,
+                     "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
         self.agent = self._stack.enter_context(NodeAgent(
             self.emulator.url, self.namespace, self.rollout, self.models_root, self.workdir / "pods",
-            prometheus=self.prometheus, kubelet_delay=self.kubelet_delay))
+            prometheus=self.prometheus, kubelet_delay=self.kubelet_delay, extra_env=proxy_env))
         self.gateway = self._stack.enter_context(Gateway(
             self.emulator.url, self.namespace, self.rollout, self.agent.endpoints, self.http_route))
         self.operator = OperatorProcess(self.kubeconfig, self.namespace, self.workdir / "operator.log",

@@ -42,6 +42,40 @@ class DemoSettings:
         {"setWeight": 50}, {"pause": {"duration": "5s"}},
         {"setWeight": 100},
     )
+    # The shadow stage (scenarios with `shadow=True`): at weight 0 the stable pods copy this share
+    # of their requests to the canary for this long, then the steps above follow. The stage's
+    # clock starts when it is entered, before the first copy has reached Prometheus (a scrape,
+    # then one analysis window), so the duration leaves room for two full windows of copies.
+    shadow_percent: int = 50
+    shadow_duration: str = "25s"
+    max_shadow_error_rate: float = 0.05
+    max_shadow_p99_latency_s: float = 2.5
+    max_shadow_real_time_factor: float = 0.5
+    max_shadow_cer: float = 0.1  # canary's transcripts vs stable's on the same audio
+
+
+def strategy_steps(settings: DemoSettings, shadow: bool) -> list[dict[str, Any]]:
+    stage = [{"shadow": {"percent": settings.shadow_percent, "duration": settings.shadow_duration}}] if shadow else []
+    return stage + [dict(step) for step in settings.steps]
+
+
+def analysis_metrics(settings: DemoSettings, shadow: bool) -> list[dict[str, Any]]:
+    """The user-traffic metrics, plus the shadow stage's own when the steps have one (the
+    operator refuses shadow metrics without a shadow step, and a shadow step without them)."""
+    metrics: list[dict[str, Any]] = [
+        {"name": "error-rate", "max": settings.max_error_rate},
+        {"name": "p99-latency-seconds", "max": settings.max_p99_latency_s},
+        {"name": "real-time-factor", "max": settings.max_real_time_factor,
+         "maxRatio": settings.max_real_time_factor_ratio},
+    ]
+    if shadow:
+        metrics += [
+            {"name": "shadow-error-rate", "max": settings.max_shadow_error_rate},
+            {"name": "shadow-p99-latency-seconds", "max": settings.max_shadow_p99_latency_s},
+            {"name": "shadow-real-time-factor", "max": settings.max_shadow_real_time_factor},
+            {"name": "shadow-cer", "max": settings.max_shadow_cer},
+        ]
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -59,6 +93,7 @@ class Scenario:
     bad: bool = False  # its requests may fail (counted, reported, allowed)
     alert: bool = False  # after promotion, an Alertmanager alert fires
     relative: bool = False  # `metric` must have failed on a bound against stable, not an absolute one
+    shadow: bool = False  # the rollout starts with a shadow stage (DemoSettings.shadow_*)
 
     @property
     def path(self) -> str:
@@ -88,6 +123,26 @@ STORY: tuple[Scenario, ...] = (
              reason="Reverted", alert=True),
 )
 
+# The shadow stage (issue 14): each version is first judged on copies of stable's live requests
+# at weight 0. The two bad ones are rolled back there, so no user request ever reaches them
+# (bad=False: any failed user request in their window fails the demo); the good one passes the
+# stage and goes on to its weights. Against v1 serving: `v2-same` holds v1's very files (a
+# re-export under a new name: its transcripts agree with stable's), `drift` other weights.
+SHADOW_STORY: tuple[Scenario, ...] = (
+    Scenario("shadow-errors", "v1.1-broken: errors, judged in a shadow stage", "v1.1-broken", "broken",
+             ROLLED_BACK, "shadow error rate (no user traffic)", reason="AnalysisFailed",
+             metric="shadow-error-rate", vad=False, shadow=True),
+    Scenario("shadow-drift", "v1.1-drift: fast 200s, other transcripts, judged in a shadow stage", "v1.1-drift",
+             "drift", ROLLED_BACK, "shadow CER vs stable (no user traffic)", reason="AnalysisFailed",
+             metric="shadow-cer", shadow=True),
+    Scenario("shadow-good", "v1.1: a good version through the shadow stage", "v1.1", "v2-same", PROMOTED,
+             "shadow stage passes, then the weights", shadow=True),
+)
+
+# v1 serving, then the shadow stage's scenarios (their good version keeps v1's transcripts, so
+# they must run while v1's weights serve), then the rest of the story.
+FULL_STORY: tuple[Scenario, ...] = SHADOW_STORY + STORY
+
 SHORT_STORY: tuple[Scenario, ...] = (STORY[0], STORY[2])  # the end-to-end test and the benchmark
 
 
@@ -114,7 +169,7 @@ def rollout_manifest(first: Scenario, digest: str | None, prometheus_url: str,
             "modelVolume": {"hostPath": {"path": "/models", "type": "Directory"}},
             "server": {"image": "asr-inference-server:sandbox", "replicas": settings.replicas},
             "traffic": {"gatewayAPI": {"httpRoute": ROLLOUT}},
-            "strategy": {"steps": [dict(step) for step in settings.steps],
+            "strategy": {"steps": strategy_steps(settings, first.shadow),
                          "progressDeadlineSeconds": settings.progress_deadline_s},
             "analysis": {
                 "prometheus": {"address": prometheus_url},
@@ -123,12 +178,7 @@ def rollout_manifest(first: Scenario, digest: str | None, prometheus_url: str,
                 "inconclusiveLimit": settings.inconclusive_limit,
                 "minRequests": settings.min_requests,
                 "window": settings.window,
-                "metrics": [
-                    {"name": "error-rate", "max": settings.max_error_rate},
-                    {"name": "p99-latency-seconds", "max": settings.max_p99_latency_s},
-                    {"name": "real-time-factor", "max": settings.max_real_time_factor,
-                     "maxRatio": settings.max_real_time_factor_ratio},
-                ],
+                "metrics": analysis_metrics(settings, first.shadow),
             },
             "rollback": {"onAlert": True, "postPromotionWindow": "10m"},
         },

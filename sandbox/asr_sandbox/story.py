@@ -53,6 +53,9 @@ class ScenarioRun:
     stable_pids_after: dict[str, list[int]] = field(default_factory=dict)
     canary_path_after: str | None = None
     stable_path_after: str | None = None
+    user_answers_from_version: int = 0  # user requests the scenario's version answered
+    failed_user_requests: int = 0  # user requests that failed in the scenario's window
+    shadow_copies: int = 0  # copies the sandbox's Service proxy carried to the canary
 
 
 @dataclass
@@ -70,6 +73,15 @@ class StoryRun:
 def manifest_digest(models_root: Path, path: str) -> str | None:
     manifest = models_root / path / "MANIFEST.sha256"
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+
+
+def current_stage(status: dict[str, Any]) -> str:
+    """"shadow" while the rollout runs a shadow stage (stable copies requests to the canary at
+    weight 0: the operator's own rule, asr_operator.state_machine.shadow_stage.shadow_percent),
+    else ""."""
+    shadow = status.get("shadow") or {}
+    running = status.get("phase") in ("Progressing", "Paused") and bool(status.get("canaryModel"))
+    return "shadow" if shadow and running and int(status.get("canaryWeight") or 0) == 0 else ""
 
 
 def verdict_text(status: dict[str, Any]) -> str:
@@ -139,13 +151,15 @@ class Timeline:
         s = Sample(at=time.time(), phase=str(status.get("phase") or "-"), step=status.get("currentStep"),
                    weight=int(status.get("canaryWeight") or 0), routed_weight=self.sandbox.gateway.weight,
                    stable=str(status.get("stableVersion") or "-"), canary=str(status.get("canaryVersion") or "-"),
-                   verdicts=verdict_text(status), message=str(status.get("message") or ""))
+                   verdicts=verdict_text(status), message=str(status.get("message") or ""),
+                   stage=current_stage(status))
         self.samples.append(s)
-        key = (s.phase, s.step, s.weight, s.stable, s.canary, (status.get("analysis") or {}).get("lastRun"))
+        key = (s.phase, s.step, s.weight, s.stable, s.canary, s.stage, (status.get("analysis") or {}).get("lastRun"))
         if key != self._last_key:
             self._last_key = key
+            stage = " [shadow stage]" if s.stage else ""
             self.say(f"{s.phase:<11} stable={s.stable:<10} canary={s.canary:<10} step={s.step if s.step is not None else '-'}"
-                     f" weight={s.weight:>3}%  {s.verdicts}")
+                     f" weight={s.weight:>3}%{stage}  {s.verdicts}")
         if self.interactive:
             with self._lock:
                 records = list(self.records())
@@ -185,11 +199,14 @@ def _utc(at: float) -> str:
 
 
 def run_story(sandbox: Sandbox, story: Sequence[sc.Scenario], settings: sc.DemoSettings, audio_dir: Path,
-              rate: float, out: TextIO = sys.stdout, scenario_timeout_s: float = 150.0) -> StoryRun:
+              rate: float, out: TextIO = sys.stdout, scenario_timeout_s: float = 150.0,
+              traffic_out: list[TrafficGenerator] | None = None) -> StoryRun:
     started = time.time()
     run = StoryRun(started=started)
     traffic = TrafficGenerator(sandbox.gateway.url, [audio_dir / f"{clip}.wav" for clip in TRAFFIC_CLIPS],
                                rate=rate)
+    if traffic_out is not None:
+        traffic_out.append(traffic)
     timeline = Timeline(sandbox, out, started, records=lambda: traffic.records)
     models_root = sandbox.models_root
     try:
@@ -207,7 +224,8 @@ def run_story(sandbox: Sandbox, story: Sequence[sc.Scenario], settings: sc.DemoS
         timeline.say(f"traffic: {rate:g} requests/s of real audio through the gateway")
         time.sleep(3.0)
         for scenario in story:
-            run.runs.append(_run_scenario(sandbox, timeline, scenario, settings, scenario_timeout_s))
+            run.runs.append(_run_scenario(sandbox, timeline, scenario, settings, scenario_timeout_s,
+                                          lambda: traffic.records))
             time.sleep(2.0)  # traffic settles on stable before the next version
     except (TimeoutError, RuntimeError) as error:
         run.error = str(error)
@@ -223,7 +241,7 @@ def run_story(sandbox: Sandbox, story: Sequence[sc.Scenario], settings: sc.DemoS
 
 
 def _run_scenario(sandbox: Sandbox, timeline: Timeline, scenario: sc.Scenario, settings: sc.DemoSettings,
-                  timeout_s: float) -> ScenarioRun:
+                  timeout_s: float, records: Callable[[], list[RequestRecord]] = list) -> ScenarioRun:
     status = timeline.status()
     run = ScenarioRun(scenario=scenario, started=time.time(), previous_stable=str(status.get("stableVersion")),
                       stable_pids_before=_stable_pids(sandbox))
@@ -232,7 +250,11 @@ def _run_scenario(sandbox: Sandbox, timeline: Timeline, scenario: sc.Scenario, s
                  f"guard: {scenario.guard})")
     history = len(status.get("history") or [])
     model = sc.model_spec(scenario, manifest_digest(sandbox.models_root, scenario.path))
-    sandbox.api.patch("ASRModelRollout", sc.NAMESPACE, sc.ROLLOUT, {"spec": {"model": model}})
+    copies_before = sandbox.service_proxy.forwarded.get("canary", 0)
+    # The steps and metrics go with the version: a shadow stage first or not (scenario.shadow).
+    sandbox.api.patch("ASRModelRollout", sc.NAMESPACE, sc.ROLLOUT, {"spec": {
+        "model": model, "strategy": {"steps": sc.strategy_steps(settings, scenario.shadow)},
+        "analysis": {"metrics": sc.analysis_metrics(settings, scenario.shadow)}}})
     to_settle = sc.Scenario(**{**scenario.__dict__, "alert": False}) if scenario.alert else scenario
     _wait(f"{scenario.title} to settle", lambda: sc.is_settled(to_settle, timeline.status(), history),
           timeout_s, sandbox)
@@ -256,6 +278,17 @@ def _run_scenario(sandbox: Sandbox, timeline: Timeline, scenario: sc.Scenario, s
     time.sleep(1.0)
     final = timeline.status()
     run.ok, run.detail = sc.judge(scenario, final, run.previous_stable)
+    window = [r for r in list(records()) if run.started <= r.started <= run.ended]
+    run.user_answers_from_version = sum(1 for r in window if r.version == scenario.version)
+    run.failed_user_requests = sum(1 for r in window if r.failed)
+    run.shadow_copies = sandbox.service_proxy.forwarded.get("canary", 0) - copies_before
+    if scenario.shadow:
+        run.detail += (f"; {run.shadow_copies} copies to the canary, {run.user_answers_from_version} user answers "
+                       f"from it, {run.failed_user_requests} failed user requests")
+        if scenario.expect == sc.ROLLED_BACK and (run.user_answers_from_version or run.failed_user_requests):
+            run.ok = False
+        if run.shadow_copies == 0:
+            run.ok = False
     run.stable_pids_after = _stable_pids(sandbox)
     run.canary_path_after = _configmap_path(sandbox, "canary")
     run.stable_path_after = _configmap_path(sandbox, "stable")

@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DOCS = sorted([README, *(REPO / "docs").glob("*.md")])
 README_MAX_LINES = 220
-# Written on another branch at the same time as these docs (the shadow stage): links
-# to it may not resolve until that branch is merged. Exactly this, nothing else.
-PARALLEL_PAGES = {"docs/shadow.md"}
+# Pages written on another branch at the same time as these docs, whose links may not resolve
+# until that branch is merged (docs/shadow.md was one; it is here now). Keep it empty otherwise.
+PARALLEL_PAGES: set[str] = set()
 # Repository paths in backticks start with one of these (generated folders such as .assets/ or
 # reports/ are left out: they exist only after a run).
 PATH_PREFIXES = ("operator/", "inference_server/", "deploy/", "sandbox/", "tests/", "examples/", "docs/", ".ci/",

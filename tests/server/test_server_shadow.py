@@ -57,6 +57,23 @@ async def test_a_full_queue_drops_copies_and_counts_them(tmp_path: Path) -> None
     assert _value(registry, "asr_shadow_copies_total", version="v1", result="dropped") == 3
 
 
+def test_the_newer_revision_decides_the_setting_whichever_source_brings_it(tmp_path: Path) -> None:
+    """The operator's push turns copies on at once; a late kubelet copy of an older config (file)
+    never turns them back on after a newer push turned them off."""
+    copier = ShadowCopier(ShadowMetrics(CollectorRegistry(), POD), tmp_path / "model.yaml")
+    on = "name: m\nversion: v1\npath: m/v1\nrevision: 2\nshadow: {url: 'http://c.ns.svc:8000', percent: 20}\n"
+    off = "name: m\nversion: v1\npath: m/v1\nrevision: 3\n"
+    assert copier.take_text(on, "pushed") and copier.setting == ShadowSetting("http://c.ns.svc:8000", 20)
+    assert copier.take_text(off, "pushed") and copier.setting is None
+    (tmp_path / "model.yaml").write_text(on)  # the kubelet's late copy of revision 2
+    copier.refresh()
+    assert copier.setting is None and copier.revision == 3
+    (tmp_path / "model.yaml").write_text(off)  # its copy of revision 3: already taken, still off
+    copier.refresh()
+    assert copier.setting is None
+    assert copier.take_text("name: m\nversion: v1\npath: m/v1\nshadow: {url: 'http://x:1', percent: 5}\n", "file")
+
+
 # --- real server processes ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -198,3 +215,69 @@ async def test_copies_reach_the_canary_after_the_answer_and_are_scored_against_s
         await runner.cleanup()
         stable.stop()
         canary.stop()
+
+
+async def test_the_push_carries_the_setting_and_copies_reach_a_service_name_through_the_pods_proxy(
+        tmp_path: Path, models_root: Path) -> None:
+    """The operator's push (`PUT /admin/config`) turns copies on without waiting for the file; the
+    copies honour the pod's HTTP_PROXY (here the sandbox's Service proxy, resolving the canary
+    Service's name); a newer push turns them off, and a late file copy of the older revision
+    does not turn them back on."""
+    import yaml
+
+    from asr_sandbox.node_agent import Endpoint
+    from asr_sandbox.service_proxy import ServiceProxy
+
+    copies: list[str] = []
+
+    async def canary(request: web.Request) -> web.Response:
+        copies.append((await request.post()).get("reference_version", ""))  # type: ignore[arg-type]
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/shadow", canary)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    endpoint = Endpoint("meeting-canary-0", "canary", "http://127.0.0.1:%d" % runner.addresses[0][1])
+    proxy = ServiceProxy("speech", "meeting", lambda track: [endpoint] if track == "canary" else [])
+    await asyncio.to_thread(proxy.start)
+    token = "t" * 32
+    cm = ConfigMapDir(tmp_path / "stable-configmap")
+    cm.swap(model_config("v1", revision=1))
+    server = ServerProcess(cm.path, models_root, tmp_path / "stable.log", extra_args=["--watch-interval", "0.2"],
+                           env={"ASR_NAMESPACE": "speech", "ASR_ROLLOUT": "meeting", "ASR_TRACK": "stable",
+                                "POD_NAME": "meeting-stable-0", "ASR_ADMIN_TOKEN": token,
+                                "HTTP_PROXY": proxy.url, "http_proxy": proxy.url,
+                                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+    await asyncio.to_thread(server.start)
+    on = model_config("v1", revision=2, shadow={"url": "http://meeting-canary.speech.svc:8000", "percent": 100})
+    off = model_config("v1", revision=3)
+    clip = (REPO / ".assets" / "audio" / "short.wav").read_bytes()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def push(config: dict[str, Any]) -> None:
+                async with session.put(f"{server.url}/admin/config?wait=30", data=yaml.safe_dump(config),
+                                       headers={"Authorization": f"Bearer {token}"}) as response:
+                    assert response.status == 200, await response.text()
+
+            await push(on)  # the file still says revision 1, no shadow
+
+            async def copied() -> bool:
+                await _transcribe(session, server.url, clip)
+                return bool(copies)
+            await _wait_for(copied, "a copy at the canary Service, through the proxy")
+            assert set(copies) == {"v1"} and proxy.forwarded.get("canary", 0) >= 1
+            await push(off)
+            cm.swap(on)  # the kubelet's late copy of revision 2
+            await asyncio.sleep(1.0)  # several of the copier's polls (0.5 s); nothing to wait on
+            sent = await _metric(session, server.url, "asr_shadow_copies_total")
+            for _ in range(3):
+                await _transcribe(session, server.url, clip)
+            await asyncio.sleep(1.0)
+            assert await _metric(session, server.url, "asr_shadow_copies_total") == sent
+            assert await _metric(session, server.url, "asr_model_reloads_total", result="success") == 1
+    finally:
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(proxy.stop)
+        await runner.cleanup()
