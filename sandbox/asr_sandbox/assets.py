@@ -296,7 +296,9 @@ def _say(text: str, workdir: Path) -> np.ndarray:
     try:
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text],
                        check=True, capture_output=True)
-        subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(trimmed),
+        # -D: no dither, so the same text gives the same samples on every build (sox's dither
+        # is random, and a batching test compares exact transcripts of these clips).
+        subprocess.run(["sox", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(trimmed),
                         "silence", "1", "0.01", "0.5%", "reverse", "silence", "1", "0.01", "0.5%",
                         "reverse"], check=True, capture_output=True)
     except FileNotFoundError as exc:
@@ -360,7 +362,7 @@ def build_audio(out: Path) -> Path:
             }
         # The same speech at 8 kHz: the server must resample it (or refuse it clearly).
         src = audio_dir / "speech_gap.wav"
-        subprocess.run(["sox", str(src), "-r", "8000", str(audio_dir / "speech_gap_8k.wav")],
+        subprocess.run(["sox", "-D", str(src), "-r", "8000", str(audio_dir / "speech_gap_8k.wav")],
                        check=True, capture_output=True)
         clips["speech_gap_8k"] = dict(clips["speech_gap"], file="speech_gap_8k.wav", sample_rate=8000)
     truth = {"builder_version": BUILDER_VERSION, "units": "ms", "clips": clips}
